@@ -1,0 +1,213 @@
+package format
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"sort"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Header is the HEADER record (SPEC.md section 2.1).
+type Header struct {
+	Kind     string   `msgpack:"kind"`
+	VM       VMDesc   `msgpack:"vm"`
+	BaseID   string   `msgpack:"base_id,omitempty"`
+	Producer []string `msgpack:"producer"`
+}
+
+// VMDesc describes the VM exactly enough to recreate it. It is typed data:
+// consumers map each field to QEMU options and Validate rejects values
+// outside fixed ranges and character sets, so no stream can inject options.
+type VMDesc struct {
+	Machine      string     `msgpack:"machine"`
+	CPU          string     `msgpack:"cpu"`
+	MemSize      uint64     `msgpack:"mem_size"`
+	RAMBlocks    []RAMBlock `msgpack:"ram_blocks"`
+	DiskSize     uint64     `msgpack:"disk_size"`
+	DiskFormat   string     `msgpack:"disk_format"`
+	DiskBase     string     `msgpack:"disk_base"`
+	QEMUVersion  string     `msgpack:"qemu_version"`
+	Kernel       string     `msgpack:"kernel"`
+	Initrd       string     `msgpack:"initrd"`
+	Append       string     `msgpack:"append"`
+	Forwards     []Forward  `msgpack:"forwards"`
+	IgnoreShared bool       `msgpack:"ignore_shared"`
+}
+
+// RAMBlock is one of QEMU's RAM blocks as the migration stream names it.
+type RAMBlock struct {
+	ID   string `msgpack:"id"`
+	Size uint64 `msgpack:"size"`
+	Addr uint64 `msgpack:"addr"`
+}
+
+// Forward is a host-to-guest port forward of user-mode networking.
+type Forward struct {
+	Proto     string `msgpack:"proto"`
+	HostPort  uint16 `msgpack:"host_port"`
+	GuestPort uint16 `msgpack:"guest_port"`
+}
+
+// Limits for VMDesc.Validate.
+const (
+	MaxMemSize  = 1 << 40 // 1 TiB
+	MaxDiskSize = 1 << 44 // 16 TiB
+	MaxBlocks   = 256
+	MaxForwards = 64
+)
+
+var (
+	reToken  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	reBlock  = regexp.MustCompile(`^[A-Za-z0-9/@._:-]{1,255}$`)
+	reSHA    = regexp.MustCompile(`^([0-9a-f]{64})?$`)
+	reAppend = regexp.MustCompile(`^[A-Za-z0-9 =._:/,-]*$`)
+)
+
+// Validate checks every field against the ranges and character sets that
+// consumers rely on when they turn the description into QEMU options.
+func (d *VMDesc) Validate() error {
+	bad := func(field string, v any) error {
+		return fmt.Errorf("%w: vm.%s %q is not allowed", ErrMalformed, field, fmt.Sprint(v))
+	}
+	if !reToken.MatchString(d.Machine) {
+		return bad("machine", d.Machine)
+	}
+	if !reToken.MatchString(d.CPU) {
+		return bad("cpu", d.CPU)
+	}
+	if d.MemSize == 0 || d.MemSize%PageSize != 0 || d.MemSize > MaxMemSize {
+		return bad("mem_size", d.MemSize)
+	}
+	if len(d.RAMBlocks) > MaxBlocks {
+		return bad("ram_blocks", len(d.RAMBlocks))
+	}
+	for _, b := range d.RAMBlocks {
+		if !reBlock.MatchString(b.ID) || b.Size > MaxMemSize {
+			return bad("ram_blocks", b.ID)
+		}
+	}
+	if d.DiskSize%SectorSize != 0 || d.DiskSize > MaxDiskSize {
+		return bad("disk_size", d.DiskSize)
+	}
+	if d.DiskFormat != "" && d.DiskFormat != "raw" && d.DiskFormat != "qcow2" {
+		return bad("disk_format", d.DiskFormat)
+	}
+	for f, v := range map[string]string{"disk_base": d.DiskBase, "kernel": d.Kernel, "initrd": d.Initrd} {
+		if !reSHA.MatchString(v) {
+			return bad(f, v)
+		}
+	}
+	if d.QEMUVersion != "" && !reToken.MatchString(d.QEMUVersion) {
+		return bad("qemu_version", d.QEMUVersion)
+	}
+	if len(d.Append) > 1024 || !reAppend.MatchString(d.Append) {
+		return bad("append", d.Append)
+	}
+	if len(d.Forwards) > MaxForwards {
+		return bad("forwards", len(d.Forwards))
+	}
+	for _, f := range d.Forwards {
+		if (f.Proto != "tcp" && f.Proto != "udp") || f.GuestPort == 0 {
+			return bad("forwards", f)
+		}
+	}
+	return nil
+}
+
+// Validate checks the header's kind, base ID and VM description.
+func (h *Header) Validate() error {
+	switch h.Kind {
+	case KindFull:
+	case KindDiff, KindOverlay:
+		if h.BaseID == "" {
+			return fmt.Errorf("%w: %s stream without base_id", ErrMalformed, h.Kind)
+		}
+	default:
+		return fmt.Errorf("%w: kind %q (want full, diff or overlay)", ErrMalformed, h.Kind)
+	}
+	if !reSHA.MatchString(h.BaseID) {
+		return fmt.Errorf("%w: base_id %q is not a hex sha256", ErrMalformed, h.BaseID)
+	}
+	return h.VM.Validate()
+}
+
+// End is the END record (SPEC.md section 2.7).
+type End struct {
+	Frames uint64 `msgpack:"frames"`
+	Bytes  uint64 `msgpack:"bytes"`
+	Digest uint64 `msgpack:"digest"`
+	Counts Counts `msgpack:"counts"`
+	SHA256 string `msgpack:"sha256,omitempty"`
+}
+
+// Index is the INDEX record of an overlay (SPEC.md section 2.6).
+type Index struct {
+	Segments []SegmentInfo `msgpack:"segments"`
+}
+
+// SegmentInfo describes one SEGMENT of an overlay.
+type SegmentInfo struct {
+	Offset uint64      `msgpack:"offset"`
+	Size   uint64      `msgpack:"size"`
+	Raw    uint64      `msgpack:"raw"`
+	Check  uint64      `msgpack:"check"`
+	Mem    [][2]uint64 `msgpack:"mem"`
+	Disk   [][2]uint64 `msgpack:"disk"`
+}
+
+// Marshal encodes v as a deterministic msgpack map (sorted keys).
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Unmarshal decodes a msgpack payload, ignoring unknown keys. The caller has
+// already bounded and checksum-verified b.
+func Unmarshal(b []byte, v any) error {
+	if err := msgpack.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}
+
+// Counts maps record type names to counts. It encodes with sorted keys
+// (msgpack's SetSortMapKeys does not reach maps inside structs).
+type Counts map[string]uint64
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (c Counts) EncodeMsgpack(enc *msgpack.Encoder) error {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if err := enc.EncodeMapLen(len(keys)); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := enc.EncodeString(k); err != nil {
+			return err
+		}
+		if err := enc.EncodeUint(c[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (c *Counts) DecodeMsgpack(dec *msgpack.Decoder) error {
+	var m map[string]uint64
+	if err := dec.Decode(&m); err != nil {
+		return err
+	}
+	*c = m
+	return nil
+}

@@ -1,0 +1,163 @@
+package format
+
+import "fmt"
+
+// Validator checks records against a stream's HEADER: alignment, bounds,
+// known spaces and methods, no range written twice, and COPY records that
+// refer to this stream only after the data was written (SPEC.md sections 2
+// and 5). A Reader uses one; overlay readers share one between the top
+// level and the records inside segments.
+type Validator struct {
+	h          *Header
+	mem, disk  *spans
+	inSegments bool
+}
+
+// NewValidator returns a Validator for a stream with header h.
+func NewValidator(h *Header) *Validator { return &Validator{h: h, mem: &spans{}, disk: &spans{}} }
+
+// InSegment returns a Validator view for records inside an overlay's
+// SEGMENT: the same coverage, but the rules of a diff stream body.
+func (v *Validator) InSegment() *Validator {
+	return &Validator{h: v.h, mem: v.mem, disk: v.disk, inSegments: true}
+}
+
+func (v *Validator) body() bool { return v.h.Kind != KindOverlay || v.inSegments }
+
+func span(off, length, align, limit uint64, what string) error {
+	if length == 0 {
+		return fmt.Errorf("%w: %s of length 0", ErrMalformed, what)
+	}
+	if off%align != 0 || length%align != 0 {
+		return fmt.Errorf("%w: %s at %d+%d (want multiples of %d)", ErrMisaligned, what, off, length, align)
+	}
+	if off > limit || length > limit-off {
+		return fmt.Errorf("%w: %s at %d+%d beyond size %d", ErrOutOfRange, what, off, length, limit)
+	}
+	return nil
+}
+
+func (v *Validator) space(sp uint8) (*spans, uint64, uint64, string, error) {
+	switch sp {
+	case SpaceMem:
+		return v.mem, PageSize, v.h.VM.MemSize, "memory", nil
+	case SpaceDisk:
+		return v.disk, SectorSize, v.h.VM.DiskSize, "disk", nil
+	}
+	return nil, 0, 0, "", fmt.Errorf("%w: space %d", ErrMalformed, sp)
+}
+
+func (v *Validator) claim(sp uint8, off, length uint64) error {
+	set, align, limit, name, err := v.space(sp)
+	if err != nil {
+		return err
+	}
+	if err := span(off, length, align, limit, name+" range"); err != nil {
+		return err
+	}
+	if !set.add(off, off+length) {
+		return fmt.Errorf("%w: %s %d+%d", ErrOverlap, name, off, length)
+	}
+	return nil
+}
+
+// Check validates one record. It returns nil for unknown types (whether to
+// skip or refuse them is the consumer's choice, see CheckKnown).
+func (v *Validator) Check(r *Record) error {
+	switch r.Type {
+	case TypeHeader:
+		return fmt.Errorf("%w: second HEADER", ErrMalformed)
+	case TypeEnd:
+		return nil
+	case TypeDevState, TypeMem, TypeMemZero, TypeDisk, TypeDiskZero, TypeCopy, TypeDelta:
+		if !v.body() {
+			return fmt.Errorf("%w: %s outside a segment of an overlay", ErrMalformed, r.Type)
+		}
+	case TypeSegment, TypeIndex:
+		if v.h.Kind != KindOverlay || v.inSegments {
+			return fmt.Errorf("%w: %s in a %s stream", ErrMalformed, r.Type, v.h.Kind)
+		}
+	}
+	switch r.Type {
+	case TypeMem, TypeDisk:
+		off, data, err := r.DataRecord()
+		if err != nil {
+			return err
+		}
+		sp := SpaceMem
+		if r.Type == TypeDisk {
+			sp = SpaceDisk
+		}
+		return v.claim(sp, off, uint64(len(data)))
+	case TypeMemZero, TypeDiskZero:
+		off, n, err := r.ZeroRecord()
+		if err != nil {
+			return err
+		}
+		sp := SpaceMem
+		if r.Type == TypeDiskZero {
+			sp = SpaceDisk
+		}
+		return v.claim(sp, off, n)
+	case TypeCopy:
+		c, err := r.CopyRecord()
+		if err != nil {
+			return err
+		}
+		if v.h.Kind == KindFull && c.Source <= SourceBaseDisk {
+			return fmt.Errorf("%w: COPY from the base in a full stream", ErrMalformed)
+		}
+		var src *spans
+		var align, limit uint64
+		switch c.Source {
+		case SourceBaseMem, SourceStreamMem:
+			src, align, limit = v.mem, 1, v.h.VM.MemSize
+		case SourceBaseDisk, SourceStreamDisk:
+			src, align, limit = v.disk, 1, v.h.VM.DiskSize
+		default:
+			return fmt.Errorf("%w: COPY source %d", ErrMalformed, c.Source)
+		}
+		if err := span(c.SourceOffset, c.Length, align, limit, "COPY source"); err != nil {
+			return err
+		}
+		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && !src.covers(c.SourceOffset, c.SourceOffset+c.Length) {
+			return fmt.Errorf("%w: source %d+%d", ErrDanglingCopy, c.SourceOffset, c.Length)
+		}
+		return v.claim(c.Space, c.Offset, c.Length)
+	case TypeDelta:
+		d, err := r.DeltaRecord()
+		if err != nil {
+			return err
+		}
+		if v.h.Kind == KindFull {
+			return fmt.Errorf("%w: DELTA in a full stream", ErrMalformed)
+		}
+		switch d.Method {
+		case DeltaXOR:
+			if uint64(len(d.Delta)) != d.Length {
+				return fmt.Errorf("%w: XOR delta of %d bytes for %d", ErrMalformed, len(d.Delta), d.Length)
+			}
+		case DeltaOps:
+		default:
+			return fmt.Errorf("%w: delta method %d", ErrMalformed, d.Method)
+		}
+		return v.claim(d.Space, d.Offset, d.Length)
+	case TypeSegment:
+		_, err := r.SegmentRecord()
+		return err
+	}
+	return nil
+}
+
+// CheckKnown is for consumers that interpret a whole stream: it returns
+// ErrUnknownCrit for an unknown record with the CRITICAL flag, and reports
+// skip=true for an unknown optional one.
+func CheckKnown(r *Record) (skip bool, err error) {
+	if r.Type.Known() {
+		return false, nil
+	}
+	if r.Critical() {
+		return false, fmt.Errorf("%w: %s; a newer tool wrote this stream, upgrade this one", ErrUnknownCrit, r.Type)
+	}
+	return true, nil
+}
