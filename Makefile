@@ -1,0 +1,49 @@
+# cloudlet VM synthesis: `make demo` and `make test` do all set-up on a fresh
+# Debian 12 machine as root (apt packages, Go modules, the guest kit).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := $(CURDIR)/bin
+CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
+export CLOUDLET_GUEST_DIR
+TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect
+APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils
+
+.PHONY: all deps build kit test demo bench lint fuzz clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing" >&2; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(TOOLS))
+
+kit: deps
+	bash scripts/guest-kit.sh $(CLOUDLET_GUEST_DIR)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi
+	$(GO) vet ./...
+
+test: deps build kit lint
+	PATH=$(BIN):$$PATH $(GO) test -timeout 25m ./...
+
+demo: deps build kit
+	PATH=$(BIN):$$PATH bash scripts/demo.sh
+
+bench: deps build kit
+	PATH=$(BIN):$$PATH bash scripts/bench.sh
+
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 60s ./format/
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,7 @@
+// Command disk-diff is one stage of the cloudlet synthesis pipeline; see run.go
+// and README.md.
+package main
+
+import "cloudlet/lib/cliutil"
+
+func main() { cliutil.Main("disk-diff", run) }

@@ -1,0 +1,129 @@
+package cliutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"cloudlet/format"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes shared by every tool (each tool's help repeats them).
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 2
+	ExitCorrupt     = 3
+	ExitUpstream    = 4
+	ExitInterrupted = 130
+)
+
+// ExitStatusHelp is appended to every tool's description.
+const ExitStatusHelp = `
+EXIT STATUS
+   0    success
+   1    failure (the message says what and what to do)
+   2    usage error
+   3    corrupt, truncated or invalid input stream
+   4    an upstream stage failed (its message is printed)
+   130  interrupted`
+
+// RunFunc is a tool's testable entry point.
+type RunFunc func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+
+// UsageError marks errors in how a tool was called.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Usagef returns a *UsageError.
+func Usagef(f string, args ...any) error { return &UsageError{fmt.Sprintf(f, args...)} }
+
+// ExitCode maps an error to the documented exit codes.
+func ExitCode(err error) int {
+	var up *format.UpstreamError
+	var ce *format.CorruptError
+	var ue *UsageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, context.Canceled):
+		return ExitInterrupted
+	case errors.As(err, &up):
+		return ExitUpstream
+	case errors.As(err, &ce):
+		return ExitCorrupt
+	case errors.As(err, &ue):
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// Main runs a tool: it cancels the context on SIGINT/SIGTERM, runs run with
+// the process's streams, prints a failure as "name: message" on stderr and
+// exits with ExitCode.
+func Main(name string, run RunFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+	}
+	os.Exit(ExitCode(err))
+}
+
+// NewApp returns a urfave/cli App for a tool. Help text and usage errors go
+// to stderr; stdout is left to the tool's data.
+func NewApp(name, usage, usageText, description string, flags []cli.Flag, action cli.ActionFunc, stdin io.Reader, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                  name,
+		Usage:                 usage,
+		UsageText:             usageText,
+		Description:           description + "\n" + ExitStatusHelp,
+		Flags:                 flags,
+		Action:                action,
+		Reader:                stdin,
+		Writer:                stderr,
+		ErrWriter:             stderr,
+		HideHelpCommand:       true,
+		ExitErrHandler:        func(*cli.Context, error) {},
+		OnUsageError:          func(c *cli.Context, err error, _ bool) error { return &UsageError{err.Error()} },
+		CustomAppHelpTemplate: "",
+	}
+}
+
+// NoArgs rejects positional arguments (urfave/cli v2 treats flags placed
+// after an argument as arguments, so say so).
+func NoArgs(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return Usagef("unexpected argument %q (flags must come before arguments; see --help)", c.Args().First())
+	}
+	return nil
+}
+
+// IsTerminal reports whether f is a character device such as a terminal.
+func IsTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// CheckStdout refuses to write a binary stream to a terminal.
+func CheckStdout(stdout io.Writer, force bool) error {
+	if !force && IsTerminal(stdout) {
+		return Usagef("refusing to write a binary stream to a terminal; redirect stdout to a file or pipe (or use --force)")
+	}
+	return nil
+}
+
+// ForceFlag is the --force flag of tools that write a binary stream.
+var ForceFlag = &cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal"}
