@@ -11,43 +11,46 @@ import (
 
 // Header is the HEADER record (SPEC.md section 2.1).
 type Header struct {
-	Kind     string   `msgpack:"kind"`
-	VM       VMDesc   `msgpack:"vm"`
-	BaseID   string   `msgpack:"base_id,omitempty"`
-	Producer []string `msgpack:"producer"`
+	Kind     string   `msgpack:"kind" json:"kind"`
+	VM       VMDesc   `msgpack:"vm" json:"vm"`
+	BaseID   string   `msgpack:"base_id,omitempty" json:"base_id,omitempty"`
+	Producer []string `msgpack:"producer" json:"producer"`
+	// MemRelative says absent memory pages equal the base's (set by
+	// mem-diff); otherwise they are zero. Only diff streams may set it.
+	MemRelative bool `msgpack:"mem_relative" json:"mem_relative"`
 }
 
 // VMDesc describes the VM exactly enough to recreate it. It is typed data:
 // consumers map each field to QEMU options and Validate rejects values
 // outside fixed ranges and character sets, so no stream can inject options.
 type VMDesc struct {
-	Machine      string     `msgpack:"machine"`
-	CPU          string     `msgpack:"cpu"`
-	MemSize      uint64     `msgpack:"mem_size"`
-	RAMBlocks    []RAMBlock `msgpack:"ram_blocks"`
-	DiskSize     uint64     `msgpack:"disk_size"`
-	DiskFormat   string     `msgpack:"disk_format"`
-	DiskBase     string     `msgpack:"disk_base"`
-	QEMUVersion  string     `msgpack:"qemu_version"`
-	Kernel       string     `msgpack:"kernel"`
-	Initrd       string     `msgpack:"initrd"`
-	Append       string     `msgpack:"append"`
-	Forwards     []Forward  `msgpack:"forwards"`
-	IgnoreShared bool       `msgpack:"ignore_shared"`
+	Machine      string     `msgpack:"machine" json:"machine"`
+	CPU          string     `msgpack:"cpu" json:"cpu"`
+	MemSize      uint64     `msgpack:"mem_size" json:"mem_size"`
+	RAMBlocks    []RAMBlock `msgpack:"ram_blocks" json:"ram_blocks"`
+	DiskSize     uint64     `msgpack:"disk_size" json:"disk_size"`
+	DiskFormat   string     `msgpack:"disk_format" json:"disk_format"`
+	DiskBase     string     `msgpack:"disk_base" json:"disk_base"`
+	QEMUVersion  string     `msgpack:"qemu_version" json:"qemu_version"`
+	Kernel       string     `msgpack:"kernel" json:"kernel"`
+	Initrd       string     `msgpack:"initrd" json:"initrd"`
+	Append       string     `msgpack:"append" json:"append"`
+	Forwards     []Forward  `msgpack:"forwards" json:"forwards"`
+	IgnoreShared bool       `msgpack:"ignore_shared" json:"ignore_shared"`
 }
 
 // RAMBlock is one of QEMU's RAM blocks as the migration stream names it.
 type RAMBlock struct {
-	ID   string `msgpack:"id"`
-	Size uint64 `msgpack:"size"`
-	Addr uint64 `msgpack:"addr"`
+	ID   string `msgpack:"id" json:"id"`
+	Size uint64 `msgpack:"size" json:"size"`
+	Addr uint64 `msgpack:"addr" json:"addr"`
 }
 
 // Forward is a host-to-guest port forward of user-mode networking.
 type Forward struct {
-	Proto     string `msgpack:"proto"`
-	HostPort  uint16 `msgpack:"host_port"`
-	GuestPort uint16 `msgpack:"guest_port"`
+	Proto     string `msgpack:"proto" json:"proto"`
+	HostPort  uint16 `msgpack:"host_port" json:"host_port"`
+	GuestPort uint16 `msgpack:"guest_port" json:"guest_port"`
 }
 
 // Limits for VMDesc.Validate.
@@ -127,6 +130,9 @@ func (h *Header) Validate() error {
 	default:
 		return fmt.Errorf("%w: kind %q (want full, diff or overlay)", ErrMalformed, h.Kind)
 	}
+	if h.MemRelative && h.Kind == KindFull {
+		return fmt.Errorf("%w: mem_relative in a full stream", ErrMalformed)
+	}
 	if !reSHA.MatchString(h.BaseID) {
 		return fmt.Errorf("%w: base_id %q is not a hex sha256", ErrMalformed, h.BaseID)
 	}
@@ -135,26 +141,26 @@ func (h *Header) Validate() error {
 
 // End is the END record (SPEC.md section 2.7).
 type End struct {
-	Frames uint64 `msgpack:"frames"`
-	Bytes  uint64 `msgpack:"bytes"`
-	Digest uint64 `msgpack:"digest"`
-	Counts Counts `msgpack:"counts"`
-	SHA256 string `msgpack:"sha256,omitempty"`
+	Frames uint64 `msgpack:"frames" json:"frames"`
+	Bytes  uint64 `msgpack:"bytes" json:"bytes"`
+	Digest uint64 `msgpack:"digest" json:"digest"`
+	Counts Counts `msgpack:"counts" json:"counts"`
+	SHA256 string `msgpack:"sha256,omitempty" json:"sha256,omitempty"`
 }
 
 // Index is the INDEX record of an overlay (SPEC.md section 2.6).
 type Index struct {
-	Segments []SegmentInfo `msgpack:"segments"`
+	Segments []SegmentInfo `msgpack:"segments" json:"segments"`
 }
 
 // SegmentInfo describes one SEGMENT of an overlay.
 type SegmentInfo struct {
-	Offset uint64      `msgpack:"offset"`
-	Size   uint64      `msgpack:"size"`
-	Raw    uint64      `msgpack:"raw"`
-	Check  uint64      `msgpack:"check"`
-	Mem    [][2]uint64 `msgpack:"mem"`
-	Disk   [][2]uint64 `msgpack:"disk"`
+	Offset uint64      `msgpack:"offset" json:"offset"`
+	Size   uint64      `msgpack:"size" json:"size"`
+	Raw    uint64      `msgpack:"raw" json:"raw"`
+	Check  uint64      `msgpack:"check" json:"check"`
+	Mem    [][2]uint64 `msgpack:"mem" json:"mem"`
+	Disk   [][2]uint64 `msgpack:"disk" json:"disk"`
 }
 
 // Marshal encodes v as a deterministic msgpack map (sorted keys).

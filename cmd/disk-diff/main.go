@@ -1,7 +1,11 @@
-// Command disk-diff is one stage of the cloudlet synthesis pipeline; see run.go
-// and README.md.
+// Command disk-diff diffs the disk records of a cloudlet stream against a
+// base VM; see lib/diff and README.md.
 package main
 
-import "cloudlet/lib/cliutil"
+import (
+	"cloudlet/format"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/diff"
+)
 
-func main() { cliutil.Main("disk-diff", run) }
+func main() { cliutil.Main("disk-diff", diff.Command("disk-diff", format.SpaceDisk)) }

@@ -1,7 +1,11 @@
-// Command mem-diff is one stage of the cloudlet synthesis pipeline; see run.go
-// and README.md.
+// Command mem-diff diffs the memory records of a cloudlet stream against a
+// base VM; see lib/diff and README.md.
 package main
 
-import "cloudlet/lib/cliutil"
+import (
+	"cloudlet/format"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/diff"
+)
 
-func main() { cliutil.Main("mem-diff", run) }
+func main() { cliutil.Main("mem-diff", diff.Command("mem-diff", format.SpaceMem)) }

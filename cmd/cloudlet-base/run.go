@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"cloudlet/format"
+	"cloudlet/lib/base"
+	"cloudlet/lib/cliutil"
+
+	"github.com/urfave/cli/v2"
+)
+
+const description = `Bases are read-only folders (disk image, memory, device state, VM
+description, dedup index) that overlays are made against. Make one from a
+VM captured with vm-capture:
+
+   vm-capture --qmp RUN/qmp.sock --quit | cloudlet-base create --image IMAGE --kit KIT --name debian BASE
+   cloudlet-base add BASE            # put it in the catalog
+   cloudlet-base list                # ID, name, path of every catalogued base
+   cloudlet-base remove NAME|ID      # take it out of the catalog (the folder stays)
+   cloudlet-base verify BASE         # re-hash everything, check the ID
+   cloudlet-base index [--windows] BASE   # dedup index size and build time
+
+The catalog is a JSON list of {"name","sha256","path"}, as the original
+server used; --catalog or $CLOUDLET_CATALOG choose the file.`
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var catalog string
+	withCatalog := func(fn func(c *base.Catalog, cc *cli.Context) error) cli.ActionFunc {
+		return func(cc *cli.Context) error {
+			c, err := base.LoadCatalog(catalog)
+			if err != nil {
+				return err
+			}
+			return fn(c, cc)
+		}
+	}
+	oneArg := func(cc *cli.Context, what string) (string, error) {
+		if cc.NArg() != 1 {
+			return "", cliutil.Usagef("%s: want exactly one %s (flags go before it)", cc.Command.Name, what)
+		}
+		return cc.Args().First(), nil
+	}
+	app := cliutil.NewApp("cloudlet-base", "make base VMs and manage the base catalog",
+		"cloudlet-base [--catalog FILE] COMMAND ...", description,
+		[]cli.Flag{&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"}},
+		nil, stdin, stderr)
+	app.Commands = []*cli.Command{
+		{
+			Name: "create", Usage: "make a base folder from a full stream on stdin", ArgsUsage: "DIR",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "image", Usage: "the disk image the captured VM was launched from"},
+				&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted (repeatable)"},
+				&cli.StringFlag{Name: "name", Usage: "base name for the catalog"},
+				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
+				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
+			},
+			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				dir, _ = filepath.Abs(dir)
+				start := time.Now()
+				m, err := base.Create(dir, format.NewReader(stdin), base.CreateOptions{
+					Name: cc.String("name"), Image: cc.String("image"), KitDirs: cc.StringSlice("kit"), Windows: cc.Bool("windows")})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stderr, "cloudlet-base: made base %s in %s (%.1fs)\n", m.ID, dir, time.Since(start).Seconds())
+				if cc.Bool("add") {
+					c.Add(base.Entry{Name: m.Name, SHA256: m.ID, Path: dir})
+					if err := c.Save(); err != nil {
+						return err
+					}
+				}
+				fmt.Fprintln(stdout, m.ID)
+				return nil
+			}),
+		},
+		{
+			Name: "add", Usage: "add a base folder to the catalog", ArgsUsage: "DIR",
+			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				dir, _ = filepath.Abs(dir)
+				b, err := base.Open(dir)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				c.Add(base.Entry{Name: b.Meta.Name, SHA256: b.ID(), Path: dir})
+				return c.Save()
+			}),
+		},
+		{
+			Name: "list", Usage: "list catalogued bases as JSON",
+			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
+				if c.Entries == nil {
+					c.Entries = []base.Entry{}
+				}
+				b, _ := json.MarshalIndent(c.Entries, "", "  ")
+				fmt.Fprintln(stdout, string(b))
+				return nil
+			}),
+		},
+		{
+			Name: "remove", Usage: "remove bases from the catalog by name or ID", ArgsUsage: "NAME|ID",
+			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
+				key, err := oneArg(cc, "NAME or ID")
+				if err != nil {
+					return err
+				}
+				if c.Remove(key) == 0 {
+					return fmt.Errorf("no base named %q or with that ID in %s", key, c.Path)
+				}
+				return c.Save()
+			}),
+		},
+		{
+			Name: "verify", Usage: "re-hash a base and check its ID", ArgsUsage: "DIR",
+			Action: func(cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				b, err := base.Open(dir)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				if err := b.Verify(); err != nil {
+					return err
+				}
+				fmt.Fprintln(stdout, b.ID())
+				return nil
+			},
+		},
+		{
+			Name: "index", Usage: "build the dedup index in memory and print its size and build time", ArgsUsage: "DIR",
+			Flags: []cli.Flag{&cli.BoolFlag{Name: "windows", Usage: "index the disk at 512-byte steps"}},
+			Action: func(cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				b, err := base.Open(dir)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				start := time.Now()
+				x := base.BuildIndex(b.Mem, b.Disk, cc.Bool("windows"))
+				fmt.Fprintf(stdout, "{\"entries\": %d, \"bytes\": %d, \"seconds\": %.3f}\n", x.Len(), x.Bytes(), time.Since(start).Seconds())
+				return nil
+			},
+		},
+	}
+	return app.RunContext(ctx, args)
+}

@@ -1,0 +1,241 @@
+package base
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"cloudlet/format"
+)
+
+// CreateOptions say where Create finds what a full stream only names.
+type CreateOptions struct {
+	Name    string
+	Image   string   // the disk image the stream's disk records are relative to (sha256 = disk_base)
+	KitDirs []string // folders searched for the kernel and initrd named by sha256
+	Windows bool     // index the base disk at 512-byte steps too
+}
+
+// Create makes a base folder dir from a full stream (vm-capture's output).
+// It builds everything in a temporary folder next to dir and renames it into
+// place only when complete, so a failed Create leaves nothing behind.
+func Create(dir string, r *format.Reader, opt CreateOptions) (*Meta, error) {
+	h, err := r.Header()
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind != format.KindFull {
+		return nil, fmt.Errorf("a base is made from a full stream (vm-capture's output), not a %s stream", h.Kind)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return nil, fmt.Errorf("%s already exists; bases are read-only once made, choose another folder", dir)
+	}
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	meta, err := build(tmp, h, r, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return nil, err
+	}
+	ok = true
+	return meta, nil
+}
+
+func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*Meta, error) {
+	vm := h.VM
+	disk := filepath.Join(tmp, DiskFile)
+	if h.VM.DiskSize > 0 {
+		if opt.Image == "" {
+			return nil, fmt.Errorf("the stream's disk is relative to image %s: give --image PATH", short(vm.DiskBase))
+		}
+		if vm.DiskBase != "" {
+			sum, err := FileSHA256(opt.Image)
+			if err != nil {
+				return nil, err
+			}
+			if sum != vm.DiskBase {
+				return nil, fmt.Errorf("image %s has sha256 %s; the stream's disk is relative to %s", opt.Image, sum, vm.DiskBase)
+			}
+		}
+		if out, err := exec.Command("cp", "--sparse=always", "--reflink=auto", opt.Image, disk).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("copying %s: %v: %s", opt.Image, err, out)
+		}
+		if err := os.Chmod(disk, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	df, err := os.OpenFile(disk, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer df.Close()
+	if st, _ := df.Stat(); uint64(st.Size()) != vm.DiskSize {
+		return nil, fmt.Errorf("image %s is %d bytes; the stream's disk is %d", opt.Image, st.Size(), vm.DiskSize)
+	}
+	mf, err := os.Create(filepath.Join(tmp, MemFile))
+	if err != nil {
+		return nil, err
+	}
+	defer mf.Close()
+	if err := mf.Truncate(int64(vm.MemSize)); err != nil {
+		return nil, err
+	}
+	dev, err := os.Create(filepath.Join(tmp, DevStateFile))
+	if err != nil {
+		return nil, err
+	}
+	defer dev.Close()
+	zero := make([]byte, 1<<20)
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if skip, err := format.CheckKnown(rec); err != nil {
+			return nil, err
+		} else if skip {
+			continue
+		}
+		switch rec.Type {
+		case format.TypeDevState:
+			_, err = dev.Write(rec.Payload)
+		case format.TypeMem:
+			off, data, _ := rec.DataRecord()
+			_, err = mf.WriteAt(data, int64(off))
+		case format.TypeMemZero:
+			// mem.ram starts zero and each range is written at most once.
+		case format.TypeDisk:
+			off, data, _ := rec.DataRecord()
+			_, err = df.WriteAt(data, int64(off))
+		case format.TypeDiskZero:
+			off, n, _ := rec.ZeroRecord()
+			for n > 0 && err == nil {
+				c := min(n, uint64(len(zero)))
+				_, err = df.WriteAt(zero[:c], int64(off))
+				off, n = off+c, n-c
+			}
+		default:
+			err = fmt.Errorf("unexpected %s record in a full stream", rec.Type)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []*os.File{mf, df, dev} {
+		if err := f.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	for name, sum := range map[string]string{KernelFile: vm.Kernel, InitrdFile: vm.Initrd} {
+		if sum == "" {
+			continue
+		}
+		if err := copyBySHA(sum, opt.KitDirs, name, filepath.Join(tmp, name)); err != nil {
+			return nil, err
+		}
+	}
+	meta := &Meta{Name: opt.Name, VM: vm, Windows: opt.Windows, Producer: "cloudlet-base create"}
+	var sums [3][]byte
+	for i, f := range []string{DiskFile, MemFile, DevStateFile} {
+		if sums[i], err = fileSHA(filepath.Join(tmp, f)); err != nil {
+			return nil, err
+		}
+	}
+	meta.DiskSHA, meta.MemSHA, meta.DevSHA = hex.EncodeToString(sums[0]), hex.EncodeToString(sums[1]), hex.EncodeToString(sums[2])
+	meta.ID = ComputeID(sums[0], sums[1], sums[2])
+	meta.VM.DiskBase = meta.DiskSHA
+	if err := WriteMeta(tmp, meta); err != nil {
+		return nil, err
+	}
+	b, err := Open(tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	if err := BuildIndex(b.Mem, b.Disk, opt.Windows).WriteFile(filepath.Join(tmp, IndexFile)); err != nil {
+		return nil, err
+	}
+	return meta, seal(tmp)
+}
+
+// WriteMeta writes base.json into dir.
+func WriteMeta(dir string, m *Meta) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, MetaFile), append(b, '\n'), 0o644)
+}
+
+// seal makes every file of the base read-only.
+func seal(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.Chmod(filepath.Join(dir, e.Name()), 0o444); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(dir, 0o755)
+}
+
+func copyBySHA(sum string, dirs []string, name, dst string) error {
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if s, err := FileSHA256(p); err == nil && s == sum {
+			return copyFile(p, dst)
+		}
+	}
+	return fmt.Errorf("no %s with sha256 %s in %v: give the guest kit folder with --kit", name, short(sum), dirs)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+// SHA256Hex returns the hex sha256 of b.
+func SHA256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
