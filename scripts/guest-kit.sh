@@ -45,30 +45,50 @@ command -v go >/dev/null || { log "go is required to build clwork"; exit 1; }
 chmod 0755 "$OUT" "$DL" 2>/dev/null || true
 [ "$(id -u)" = 0 ] && chown _apt "$DL" 2>/dev/null || true
 
-# --- pick the packages (cheap: apt metadata only) ---------------------------
-meta_ver="$(apt-cache policy linux-image-cloud-amd64 2>/dev/null | awk '/Candidate:/ {print $2}')"
-if [ -z "$meta_ver" ] || [ "$meta_ver" = "(none)" ]; then
-	log "apt has no linux-image-cloud-amd64; running apt-get update"
-	apt-get update >&2
+# --- fast no-op: same sources, same apt lists, outputs present ---------------
+quick_in() {
+	sha256sum "$ROOT/scripts/guest-kit.sh"
+	find "$ROOT/scripts/guest" -type f -print0 | sort -z | xargs -0 sha256sum
+	go version
+	ls -l --time-style=+%s /var/lib/apt/lists/ 2>/dev/null | grep Packages || true
+}
+QUICK="$(quick_in | sha256sum | cut -d' ' -f1)"
+outputs_ok() {
+	[ -f "$OUT/manifest.json" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.img" ] && [ -f "$OUT/rootfs.img" ]
+}
+if [ -f "$OUT/.stamp-quick" ] && [ "$(cat "$OUT/.stamp-quick")" = "$QUICK" ] && outputs_ok; then
+	log "up to date in $OUT"
+	exit 0
 fi
 
-# Learn the real kernel package from the metapackage's Depends.
-meta_deb="$(ls "$DL"/linux-image-cloud-amd64_*.deb 2>/dev/null | head -n1 || true)"
-if [ -z "$meta_deb" ]; then
-	(cd "$DL" && apt-get download linux-image-cloud-amd64 >&2)
-	meta_deb="$(ls "$DL"/linux-image-cloud-amd64_*.deb | head -n1)"
+# --- pick the packages (cheap: apt metadata only) ---------------------------
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+if [ -z "$(candidate linux-image-cloud-amd64)" ] || [ "$(candidate linux-image-cloud-amd64)" = "(none)" ]; then
+	log "apt knows no linux-image-cloud-amd64; running apt-get update"
+	apt-get update >&2
 fi
+# fetch PKG: print the path of PKG's candidate .deb in $DL, downloading it
+# with apt-get download when it is not there yet.
+fetch() {
+	local v f
+	v="$(candidate "$1")"
+	[ -n "$v" ] && [ "$v" != "(none)" ] || { log "no candidate version for $1"; return 1; }
+	f="$DL/${1}_${v//:/%3a}_amd64.deb"
+	[ -f "$f" ] || f="$DL/${1}_${v//:/%3a}_all.deb"
+	if [ ! -f "$f" ]; then
+		(cd "$DL" && apt-get download "$1=$v" >&2)
+		f="$(ls "$DL/${1}_${v//:/%3a}"_*.deb | head -n1)"
+	fi
+	echo "$f"
+}
+
+# Learn the real kernel package from the metapackage's Depends.
+meta_deb="$(fetch linux-image-cloud-amd64)"
 KPKG="$(dpkg-deb -f "$meta_deb" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*-cloud-amd64' | head -n1)"
 [ -n "$KPKG" ] || { log "cannot find the kernel package in $meta_deb Depends"; exit 1; }
 KVER="${KPKG#linux-image-}"
-
-kdeb="$(ls "$DL/${KPKG}"_*.deb 2>/dev/null | head -n1 || true)"
-bdeb="$(ls "$DL"/busybox-static_*.deb 2>/dev/null | head -n1 || true)"
-if [ -z "$kdeb" ] || [ -z "$bdeb" ]; then
-	(cd "$DL" && apt-get download "$KPKG" busybox-static >&2)
-	kdeb="$(ls "$DL/${KPKG}"_*.deb | head -n1)"
-	bdeb="$(ls "$DL"/busybox-static_*.deb | head -n1)"
-fi
+kdeb="$(fetch "$KPKG")"
+bdeb="$(fetch busybox-static)"
 
 # --- stamp: skip when nothing changed ---------------------------------------
 stamp_in() {
@@ -79,13 +99,12 @@ stamp_in() {
 	go version
 }
 STAMP="$(stamp_in | sha256sum | cut -d' ' -f1)"
-if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$STAMP" ] &&
-	[ -f "$OUT/manifest.json" ] && [ -f "$OUT/vmlinuz" ] &&
-	[ -f "$OUT/initrd.img" ] && [ -f "$OUT/rootfs.img" ]; then
+if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$STAMP" ] && outputs_ok; then
+	echo "$QUICK" >"$OUT/.stamp-quick"
 	log "up to date in $OUT"
 	exit 0
 fi
-rm -f "$OUT/.stamp"
+rm -f "$OUT/.stamp" "$OUT/.stamp-quick"
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
@@ -162,10 +181,12 @@ printf '127.0.0.1 localhost\n' >"$RF/etc/hosts"
 printf 'export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin\nexport HOME=/root\nPS1='"'"'# '"'"'\n' >"$RF/etc/profile"
 echo "$KVER" >"$RF/etc/cloudlet-kernel"
 rm -f "$OUT/rootfs.img.tmp"
+# Fixed times, UUID and hash seed: the same inputs give the same image.
+find "$RF" -exec touch -h -d @1700000000 {} +
 E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -t ext4 -L cloudlet-root \
 	-U 5e1f0c1e-0000-4000-8000-000000c10d1e \
 	-E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0,hash_seed=5e1f0c1e-0000-4000-8000-000000000001 \
-	-d "$RF" "$OUT/rootfs.img.tmp" 512M
+	-d "$RF" "$OUT/rootfs.img.tmp" 512M >&2
 chmod 0444 "$OUT/rootfs.img.tmp"
 
 # --- publish ----------------------------------------------------------------
@@ -192,4 +213,5 @@ EOF
 mv "$OUT/manifest.json.tmp" "$OUT/manifest.json"
 rm -rf "$WORK"
 echo "$STAMP" >"$OUT/.stamp"
+echo "$QUICK" >"$OUT/.stamp-quick"
 log "done in $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s: $OUT"

@@ -2,10 +2,104 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"fmt"
 	"io"
+
+	"cloudlet/format"
+	"cloudlet/lib/capture"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/instance"
+
+	"github.com/urfave/cli/v2"
 )
 
+const description = `Stops a running QEMU VM and writes its whole state to stdout as a full
+cloudlet stream: the VM description, QEMU's device state, every non-zero
+page of RAM, and the disk extents its qcow2 top layer holds.
+
+For a VM started by vm-resume, give its run folder (--run); RAM is then read
+straight from the VM's memory file. For any other QEMU, give its QMP socket
+(--qmp) and, to include its disk, its qcow2 top layer (--disk); RAM then
+comes through QEMU's migration stream.
+
+   vm-capture --run RUN --quit | mem-diff | disk-diff | overlay-pack > app.overlay
+   vm-capture --run RUN --resume > snapshot.stream
+
+Afterwards the VM stays paused, unless --resume or --quit. A stream is
+written only from a migration QEMU reports as completed; if the capture
+fails midway, the stream ends with an ERROR record that the next stage
+reports.`
+
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return errors.New("not implemented yet")
+	var runDir, qmp, diskTop string
+	var resume, quit, stats bool
+	var fwds cli.StringSlice
+	app := cliutil.NewApp("vm-capture", "capture a running QEMU VM as a full cloudlet stream",
+		"vm-capture (--run DIR | --qmp SOCK [--disk TOP]) [--resume | --quit] > stream", description,
+		[]cli.Flag{
+			&cli.StringFlag{Name: "run", Usage: "run folder of a VM started by vm-resume", Destination: &runDir},
+			&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp},
+			&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp)", Destination: &diskTop},
+			&cli.StringSliceFlag{Name: "forward", Usage: "port forward to record for a --qmp VM, tcp:HOST:GUEST", Destination: &fwds},
+			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resume},
+			&cli.BoolFlag{Name: "quit", Usage: "end the VM after the capture", Destination: &quit},
+			&cli.BoolFlag{Name: "stats", Usage: "print capture figures as JSON on stderr", Destination: &stats},
+			cliutil.ForceFlag,
+		},
+		func(c *cli.Context) error {
+			if err := cliutil.NoArgs(c); err != nil {
+				return err
+			}
+			if (runDir == "") == (qmp == "") {
+				return cliutil.Usagef("give exactly one of --run DIR or --qmp SOCK")
+			}
+			if resume && quit {
+				return cliutil.Usagef("--resume and --quit exclude each other")
+			}
+			if err := cliutil.CheckStdout(stdout, c.Bool("force")); err != nil {
+				return err
+			}
+			opt := capture.Options{QMP: qmp, Disk: diskTop, Stage: "vm-capture", Log: stderr}
+			for _, f := range fwds.Value() {
+				fw, err := parseForward(f)
+				if err != nil {
+					return err
+				}
+				opt.Forwards = append(opt.Forwards, fw)
+			}
+			if resume {
+				opt.After = capture.Resume
+			} else if quit {
+				opt.After = capture.Quit
+			}
+			if runDir != "" {
+				info, err := instance.Read(runDir)
+				if err != nil {
+					return err
+				}
+				opt.Instance = info
+			}
+			w := format.NewWriter(stdout)
+			st, err := capture.Capture(ctx, opt, w)
+			if err != nil {
+				w.WriteError("vm-capture", err.Error())
+				return err
+			}
+			if stats {
+				b, _ := json.Marshal(st)
+				fmt.Fprintln(stderr, string(b))
+			}
+			return nil
+		}, stdin, stderr)
+	return app.RunContext(ctx, args)
+}
+
+func parseForward(s string) (format.Forward, error) {
+	var proto string
+	var host, guest uint16
+	if _, err := fmt.Sscanf(s, "%3s:%d:%d", &proto, &host, &guest); err != nil || (proto != "tcp" && proto != "udp") {
+		return format.Forward{}, cliutil.Usagef("--forward %q: want tcp:HOSTPORT:GUESTPORT", s)
+	}
+	return format.Forward{Proto: proto, HostPort: host, GuestPort: guest}, nil
 }

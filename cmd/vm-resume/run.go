@@ -2,10 +2,205 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"cloudlet/format"
+	"cloudlet/lib/base"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/instance"
+	"cloudlet/lib/resume"
+	"cloudlet/lib/vm"
+
+	"github.com/urfave/cli/v2"
 )
 
+const description = `Brings a VM up and prints one JSON line describing it on stdout (name,
+pid, QMP socket, serial console socket and log, forwarded ports, run folder),
+then detaches, leaving QEMU running (or waits for it with --wait).
+
+   vm-resume [flags] < stream         resume a VM from a cloudlet stream
+   vm-resume launch [flags]           boot a fresh VM from a disk image
+   vm-resume stop RUN                 end an instance and remove its run folder
+
+A stream is either a full stream (vm-capture's output) or a stream relative
+to a base (overlay-apply's output), which resumes in time proportional to
+what changed: the base memory is mapped privately and never written, the
+changed pages are injected into QEMU's incoming migration, the disk is a
+new qcow2 layer over the base disk. The guest runs only once the whole
+stream has been read and verified.
+
+   overlay-apply --base B < app.overlay | vm-resume --base B
+   ssh cloudlet 'overlay-apply | vm-resume' < app.overlay
+
+The VM is recreated from the stream's description, never from strings in the
+stream. Your own QEMU arguments go after --.`
+
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return errors.New("not implemented yet")
+	var o resume.Options
+	var fwds cli.StringSlice
+	var wait bool
+	var kits cli.StringSlice
+	common := []cli.Flag{
+		&cli.StringFlag{Name: "name", Usage: "instance name", Value: "cloudlet", Destination: &o.Name},
+		&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir},
+		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:HOSTPORT:GUESTPORT (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
+		&cli.StringFlag{Name: "accel", Usage: "auto, kvm or tcg", Value: "auto", EnvVars: []string{"CLOUDLET_ACCEL"}, Destination: &o.Accel},
+		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless", Destination: &o.VNC},
+		&cli.BoolFlag{Name: "wait", Usage: "stay in the foreground until the VM exits, then remove its run folder", Destination: &wait},
+		&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits},
+	}
+	prepare := func(c *cli.Context) error {
+		o.Log = stderr
+		if c.Args().Present() {
+			o.ExtraArgs = c.Args().Slice()
+			if strings.HasPrefix(o.ExtraArgs[0], "-") && !wasAfterDashDash(args) {
+				return cliutil.Usagef("unexpected %q: put extra QEMU arguments after --", o.ExtraArgs[0])
+			}
+		}
+		for _, f := range fwds.Value() {
+			fw, err := parseForward(f)
+			if err != nil {
+				return err
+			}
+			o.Forwards = append(o.Forwards, fw)
+		}
+		return nil
+	}
+	finish := func(info *instance.Info) error {
+		fmt.Fprintln(stdout, info.Line())
+		if !wait {
+			return nil
+		}
+		return waitFor(ctx, info)
+	}
+
+	var baseDir, catalog string
+	var images cli.StringSlice
+	app := cliutil.NewApp("vm-resume", "resume a VM from a cloudlet stream, or launch one from an image",
+		"vm-resume [flags] [-- QEMU ARGS] < stream", description,
+		append([]cli.Flag{
+			&cli.StringFlag{Name: "base", Usage: "base folder for streams relative to a base (default: the catalog)", Destination: &baseDir},
+			&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog},
+			&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images},
+		}, common...),
+		func(c *cli.Context) error {
+			if err := prepare(c); err != nil {
+				return err
+			}
+			if cliutil.IsTerminal(stdin) {
+				return cliutil.Usagef("vm-resume reads a stream on stdin; to boot an image use vm-resume launch")
+			}
+			so := resume.StreamOptions{Options: o, BaseDir: baseDir, Catalog: catalog, Images: images.Value(), KitDirs: kits.Value()}
+			for _, k := range kits.Value() {
+				so.Images = append(so.Images, filepath.Join(k, "rootfs.img"))
+			}
+			info, err := resume.FromStream(ctx, format.NewReader(stdin), so)
+			if err != nil {
+				return err
+			}
+			return finish(info)
+		}, stdin, stderr)
+
+	var lo resume.LaunchOptions
+	app.Commands = []*cli.Command{
+		{
+			Name: "launch", Usage: "boot a fresh VM from a disk image in the capturable layout",
+			ArgsUsage: "[-- QEMU ARGS]",
+			Flags: append([]cli.Flag{
+				&cli.StringFlag{Name: "image", Usage: "raw disk image (default: the kit's rootfs.img); never written", Destination: &lo.Image},
+				&cli.StringFlag{Name: "kernel", Usage: "kernel (default: the kit's vmlinuz)", Destination: &lo.Kernel},
+				&cli.StringFlag{Name: "initrd", Usage: "initrd (default: the kit's initrd.img)", Destination: &lo.Initrd},
+				&cli.StringFlag{Name: "append", Usage: "kernel command line", Value: "console=ttyS0 root=/dev/vda rw quiet", Destination: &lo.Append},
+				&cli.IntFlag{Name: "mem", Usage: "guest RAM in MiB", Value: 256, Destination: &lo.MemMiB},
+			}, common...),
+			Action: func(c *cli.Context) error {
+				if err := prepare(c); err != nil {
+					return err
+				}
+				if k := kits.Value(); len(k) > 0 {
+					def := func(p *string, name string) {
+						if *p == "" {
+							*p = filepath.Join(k[0], name)
+						}
+					}
+					def(&lo.Image, "rootfs.img")
+					def(&lo.Kernel, "vmlinuz")
+					def(&lo.Initrd, "initrd.img")
+				}
+				if lo.Image == "" {
+					return cliutil.Usagef("launch needs --image (or --kit with a rootfs.img)")
+				}
+				lo.Options = o
+				info, err := resume.Launch(ctx, lo)
+				if err != nil {
+					return err
+				}
+				return finish(info)
+			},
+		},
+		{
+			Name: "stop", Usage: "end an instance and remove its run folder", ArgsUsage: "RUN",
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return cliutil.Usagef("stop: want the run folder")
+				}
+				return resume.Stop(ctx, c.Args().First())
+			},
+		},
+	}
+	return app.RunContext(ctx, args)
+}
+
+func wasAfterDashDash(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return true
+		}
+	}
+	return false
+}
+
+func parseForward(s string) (vm.Forward, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 || (parts[0] != "tcp" && parts[0] != "udp") {
+		return vm.Forward{}, cliutil.Usagef("--forward %q: want tcp:HOSTPORT:GUESTPORT (the original's -redir tcp:8080::80 is tcp:8080:80)", s)
+	}
+	h, err1 := strconv.Atoi(parts[1])
+	g, err2 := strconv.Atoi(parts[2])
+	if err1 != nil || err2 != nil || h < 0 || h > 65535 || g < 1 || g > 65535 {
+		return vm.Forward{}, cliutil.Usagef("--forward %q: ports must be numbers 1-65535", s)
+	}
+	return vm.Forward{Proto: parts[0], HostPort: h, GuestPort: g}, nil
+}
+
+// waitFor stays until the VM exits (or a signal), then cleans up.
+func waitFor(ctx context.Context, info *instance.Info) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return resume.Stop(context.Background(), info.RunDir)
+		case <-sig:
+			return resume.Stop(context.Background(), info.RunDir)
+		default:
+		}
+		if p, err := os.FindProcess(info.Pid); err != nil || p.Signal(syscall.Signal(0)) != nil {
+			return os.RemoveAll(info.RunDir)
+		}
+		select {
+		case <-ctx.Done():
+		case <-sig:
+			return resume.Stop(context.Background(), info.RunDir)
+		case <-timeAfter():
+		}
+	}
 }

@@ -1,0 +1,336 @@
+package guesttest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cloudlet/lib/console"
+	"cloudlet/lib/vm"
+)
+
+// ReadyMarker is what the kit guest prints on its serial console once it is
+// up (network configured, root shell starting).
+const ReadyMarker = "CLOUDLET-GUEST-READY"
+
+// DefaultAppend is the kernel command line Boot uses.
+const DefaultAppend = "console=ttyS0 root=/dev/vda rw quiet"
+
+// Manifest is the kit's manifest.json.
+type Manifest struct {
+	KernelVersion     string            `json:"kernel_version"`
+	KernelPackage     string            `json:"kernel_package"`
+	KernelDeb         string            `json:"kernel_deb"`
+	KernelMetaPackage string            `json:"kernel_meta_package"`
+	BusyboxDeb        string            `json:"busybox_deb"`
+	Modules           string            `json:"modules"`
+	SHA256            map[string]string `json:"sha256"`
+}
+
+// GuestKit is a built guest kit.
+type GuestKit struct {
+	Dir      string
+	Kernel   string // vmlinuz
+	Initrd   string // initrd.img
+	Rootfs   string // rootfs.img: the base disk image, never written
+	Manifest Manifest
+}
+
+// RepoRoot finds the repository root by walking up from the working
+// directory to the folder holding go.mod.
+func RepoRoot() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		p := filepath.Dir(d)
+		if p == d {
+			return "", errors.New("guesttest: go.mod not found above the working directory")
+		}
+		d = p
+	}
+}
+
+// KitDir returns where the kit is expected: $CLOUDLET_GUEST_DIR or
+// <repo>/.cache/guest.
+func KitDir() (string, error) {
+	if d := os.Getenv("CLOUDLET_GUEST_DIR"); d != "" {
+		return filepath.Abs(d)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, ".cache", "guest"), nil
+}
+
+// FindKit loads the kit without a testing.T.
+func FindKit() (GuestKit, error) {
+	dir, err := KitDir()
+	if err != nil {
+		return GuestKit{}, err
+	}
+	k := GuestKit{
+		Dir:    dir,
+		Kernel: filepath.Join(dir, "vmlinuz"),
+		Initrd: filepath.Join(dir, "initrd.img"),
+		Rootfs: filepath.Join(dir, "rootfs.img"),
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return k, fmt.Errorf("guesttest: no guest kit in %s: %w", dir, err)
+	}
+	if err := json.Unmarshal(b, &k.Manifest); err != nil {
+		return k, fmt.Errorf("guesttest: %s/manifest.json: %w", dir, err)
+	}
+	for _, p := range []string{k.Kernel, k.Initrd, k.Rootfs} {
+		if _, err := os.Stat(p); err != nil {
+			return k, fmt.Errorf("guesttest: incomplete guest kit: %w", err)
+		}
+	}
+	return k, nil
+}
+
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: run `make kit`, i.e. scripts/guest-kit.sh, and install qemu-system-x86 and qemu-utils)", msg)
+	}
+	t.Skipf("%s (run `make kit` to build the guest kit)", msg)
+}
+
+// RequireQEMU skips (or, with CI=true, fails) the test when
+// qemu-system-x86_64 or qemu-img is not installed.
+func RequireQEMU(t testing.TB) {
+	t.Helper()
+	for _, b := range []string{vm.DefaultBinary, "qemu-img"} {
+		if _, err := exec.LookPath(b); err != nil {
+			skipOrFail(t, "guesttest: %s not found", b)
+		}
+	}
+}
+
+// Kit returns the guest kit, skipping (or, with CI=true, failing) the test
+// when QEMU or the kit is missing.
+func Kit(t testing.TB) GuestKit {
+	t.Helper()
+	RequireQEMU(t)
+	k, err := FindKit()
+	if err != nil {
+		skipOrFail(t, "%v", err)
+	}
+	return k
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("guesttest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Options tunes Boot. The zero value boots a 256 MiB guest with a NIC and no
+// forwards.
+type Options struct {
+	Name      string        // QEMU -name; default "guest"
+	MemMiB    int           // default 256
+	Machine   string        // default vm.DefaultMachine
+	Forwards  []vm.Forward  // hostfwd (HostAddr defaults to 127.0.0.1)
+	Balloon   bool          // virtio-balloon (free page reporting off)
+	Accel     string        // default $CLOUDLET_ACCEL or "auto"
+	Append    string        // default DefaultAppend
+	Timeout   time.Duration // ready wait; default $CLOUDLET_BOOT_TIMEOUT or 3m
+	ExtraArgs []string
+}
+
+// Guest is a booted kit guest.
+type Guest struct {
+	Kit      GuestKit
+	Config   vm.Config // as started (normalized)
+	Instance *vm.Instance
+	Console  *console.Console
+	Disk     string        // the qcow2 top layer over Kit.Rootfs
+	BootTime time.Duration // from Start to the ready marker
+	t        testing.TB
+}
+
+var seq atomic.Int64
+
+// runDirPrefix marks run folders (and so QEMU command lines) of this
+// process; Leftovers looks for it.
+func runDirPrefix() string { return fmt.Sprintf("cloudlet-gt-%d-", os.Getpid()) }
+
+func bootTimeout(o Options) time.Duration {
+	if o.Timeout > 0 {
+		return o.Timeout
+	}
+	if s := os.Getenv("CLOUDLET_BOOT_TIMEOUT"); s != "" {
+		if d, err := time.ParseDuration(s); err == nil && d > 0 {
+			return d
+		}
+	}
+	return 3 * time.Minute
+}
+
+// Boot starts a kit guest and waits until it is ready. The test's cleanup
+// always stops QEMU and removes the run folder and disk, also on failure.
+func Boot(t testing.TB, o Options) *Guest {
+	t.Helper()
+	k := Kit(t)
+	if o.Name == "" {
+		o.Name = "guest"
+	}
+	if o.MemMiB == 0 {
+		o.MemMiB = 256
+	}
+	if o.Append == "" {
+		o.Append = DefaultAppend
+	}
+	if o.Accel == "" {
+		o.Accel = os.Getenv("CLOUDLET_ACCEL")
+	}
+	if o.Accel == "" {
+		o.Accel = "auto"
+	}
+	// Run folders live in a short path: unix socket paths are limited to
+	// 107 bytes, and t.TempDir() paths can be long.
+	runDir, err := os.MkdirTemp("", runDirPrefix()+strconv.FormatInt(seq.Add(1), 10)+"-")
+	if err != nil {
+		t.Fatalf("guesttest: %v", err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(runDir) })
+	diskDir := t.TempDir()
+	cfg := vm.Config{
+		Name:      o.Name,
+		RunDir:    runDir,
+		MemMiB:    o.MemMiB,
+		Machine:   o.Machine,
+		MemShare:  true,
+		Accel:     o.Accel,
+		Kernel:    k.Kernel,
+		Initrd:    k.Initrd,
+		Append:    o.Append,
+		Disk:      filepath.Join(diskDir, "top.qcow2"),
+		BaseDisk:  k.Rootfs,
+		Net:       true,
+		Forwards:  o.Forwards,
+		Balloon:   o.Balloon,
+		ExtraArgs: o.ExtraArgs,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout(o))
+	defer cancel()
+	start := time.Now()
+	inst, err := vm.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("guesttest: start QEMU: %v", err)
+	}
+	g := &Guest{Kit: k, Config: inst.Config, Instance: inst, Disk: cfg.Disk, t: t}
+	t.Cleanup(g.stop)
+	con, err := console.Dial(ctx, inst.SerialPath())
+	if err != nil {
+		t.Fatalf("guesttest: %v; QEMU log: %s", err, inst.LogTail(2000))
+	}
+	g.Console = con
+	if err := con.WaitFor(ctx, ReadyMarker); err != nil {
+		t.Fatalf("guesttest: guest not ready after %v: %v\nserial console tail:\n%s\nQEMU log:\n%s",
+			time.Since(start).Round(time.Millisecond), err, con.Tail(4000), inst.LogTail(2000))
+	}
+	// Let the line with the marker finish.
+	_ = con.WaitFor(ctx, "\n")
+	g.BootTime = time.Since(start)
+	t.Logf("guesttest: %s ready in %v (accel %s, %d MiB, pid %d)", o.Name, g.BootTime.Round(time.Millisecond), inst.Accel, o.MemMiB, inst.Pid)
+	return g
+}
+
+func (g *Guest) stop() {
+	if g.Console != nil {
+		_ = g.Console.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Instance.Stop(ctx); err != nil {
+		g.t.Errorf("guesttest: stop QEMU pid %d: %v", g.Instance.Pid, err)
+	}
+	if g.Instance.Running() {
+		g.t.Errorf("guesttest: QEMU pid %d still running after Stop", g.Instance.Pid)
+	}
+}
+
+// Stop stops the guest now (the cleanup does it otherwise).
+func (g *Guest) Stop() { g.stop() }
+
+// RunTimeout bounds one Guest.Run.
+var RunTimeout = 2 * time.Minute
+
+// Run runs cmdline in the guest shell and returns its output; a non-zero
+// exit status or a console error fails the test.
+func (g *Guest) Run(cmdline string) string {
+	g.t.Helper()
+	out, code, err := g.RunCode(cmdline)
+	if err != nil {
+		g.t.Fatalf("guest: %s: %v\nconsole tail:\n%s", cmdline, err, g.Console.Tail(2000))
+	}
+	if code != 0 {
+		g.t.Fatalf("guest: %s: exit %d: %s", cmdline, code, out)
+	}
+	return out
+}
+
+// RunCode runs cmdline in the guest shell and returns output and exit status.
+func (g *Guest) RunCode(cmdline string) (string, int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), RunTimeout)
+	defer cancel()
+	return g.Console.Run(ctx, cmdline)
+}
+
+// Leftovers returns the pids of QEMU processes started by Boot in this
+// process that are still running.
+func Leftovers() []int {
+	out, _ := exec.Command("pgrep", "-f", runDirPrefix()).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Main is a TestMain helper: it runs the tests, then fails the run (and
+// kills them) if QEMU processes started by Boot are left over.
+//
+//	func TestMain(m *testing.M) { os.Exit(guesttest.Main(m)) }
+func Main(m *testing.M) int {
+	code := m.Run()
+	if pids := Leftovers(); len(pids) > 0 {
+		fmt.Fprintf(os.Stderr, "guesttest: QEMU processes left over after the tests: %v (killing them)\n", pids)
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}

@@ -1,0 +1,95 @@
+// Package instance describes a VM that vm-resume started: the JSON line it
+// prints and the instance.json it keeps in the run folder, which vm-capture
+// reads to know the VM's layout.
+package instance
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"cloudlet/format"
+)
+
+// FileName is the instance description inside a run folder.
+const FileName = "instance.json"
+
+// Forward is a port forward as users see it.
+type Forward struct {
+	Proto     string `json:"proto"`
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+}
+
+// Info is what vm-resume prints (one JSON line) and stores in instance.json.
+type Info struct {
+	Name      string    `json:"name"`
+	Pid       int       `json:"pid"`
+	RunDir    string    `json:"run_dir"`
+	QMP       string    `json:"qmp"`
+	Serial    string    `json:"serial"`
+	SerialLog string    `json:"serial_log"`
+	VNC       string    `json:"vnc,omitempty"`
+	Forwards  []Forward `json:"forwards"`
+	Accel     string    `json:"accel"`
+	BaseID    string    `json:"base_id,omitempty"`
+	Resumed   string    `json:"resumed_from,omitempty"` // "image", "full" or "base"
+
+	// Layout, for vm-capture.
+	VM         format.VMDesc `json:"vm"`
+	MemPath    string        `json:"mem_path"`
+	MemShared  bool          `json:"mem_shared"` // share=on: capture reads RAM from MemPath
+	DiskTop    string        `json:"disk_top,omitempty"`
+	DiskImage  string        `json:"disk_image,omitempty"` // what DiskTop is layered on
+	KernelPath string        `json:"kernel_path,omitempty"`
+	InitrdPath string        `json:"initrd_path,omitempty"`
+	// Timings in seconds, for the curious and for benchmarks.
+	Timings map[string]float64 `json:"timings,omitempty"`
+}
+
+// Write stores info as dir/instance.json.
+func Write(dir string, info *Info) error {
+	b, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+FileName+".tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, FileName))
+}
+
+// Read loads dir/instance.json.
+func Read(dir string) (*Info, error) {
+	b, err := os.ReadFile(filepath.Join(dir, FileName))
+	if err != nil {
+		return nil, fmt.Errorf("%w (is %s a run folder printed by vm-resume?)", err, dir)
+	}
+	var info Info
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, fmt.Errorf("%s: %v", filepath.Join(dir, FileName), err)
+	}
+	return &info, nil
+}
+
+// Line returns the one-line JSON form vm-resume prints.
+func (i *Info) Line() string {
+	b, _ := json.Marshal(struct {
+		Name      string             `json:"name"`
+		Pid       int                `json:"pid"`
+		RunDir    string             `json:"run_dir"`
+		QMP       string             `json:"qmp"`
+		Serial    string             `json:"serial"`
+		SerialLog string             `json:"serial_log"`
+		VNC       string             `json:"vnc,omitempty"`
+		Forwards  []Forward          `json:"forwards"`
+		Accel     string             `json:"accel"`
+		BaseID    string             `json:"base_id,omitempty"`
+		Resumed   string             `json:"resumed_from,omitempty"`
+		Timings   map[string]float64 `json:"timings,omitempty"`
+	}{i.Name, i.Pid, i.RunDir, i.QMP, i.Serial, i.SerialLog, i.VNC, i.Forwards, i.Accel, i.BaseID, i.Resumed, i.Timings})
+	return string(b)
+}

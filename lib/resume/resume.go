@@ -1,0 +1,285 @@
+package resume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"cloudlet/format"
+	"cloudlet/lib/base"
+	"cloudlet/lib/instance"
+	"cloudlet/lib/migstream"
+	"cloudlet/lib/qmpctl"
+	"cloudlet/lib/vm"
+)
+
+// Options are shared by Launch and FromStream.
+type Options struct {
+	Name      string       // instance name; default "cloudlet"
+	RunDir    string       // run folder; default a new folder under RunRoot()
+	Forwards  []vm.Forward // port forwards; for streams, replaces the header's
+	Accel     string       // auto, tcg or kvm
+	VNC       bool
+	ExtraArgs []string // the user's own QEMU args (command line only)
+	Log       io.Writer
+}
+
+// RunRoot is where run folders go by default: $CLOUDLET_RUN_DIR, else
+// /run/cloudlet for root, else a folder in the temp dir.
+func RunRoot() string {
+	if d := os.Getenv("CLOUDLET_RUN_DIR"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/run/cloudlet"
+	}
+	return filepath.Join(os.TempDir(), "cloudlet-run")
+}
+
+func newRunDir(opt *Options) (string, error) {
+	if opt.Name == "" {
+		opt.Name = "cloudlet"
+	}
+	if opt.RunDir != "" {
+		if _, err := os.Stat(filepath.Join(opt.RunDir, instance.FileName)); err == nil {
+			return "", fmt.Errorf("%s already holds an instance; stop it with vm-resume --stop %s or choose another --run-dir", opt.RunDir, opt.RunDir)
+		}
+		return filepath.Abs(opt.RunDir)
+	}
+	var b [4]byte
+	rand.Read(b[:])
+	if err := os.MkdirAll(RunRoot(), 0o755); err != nil {
+		return "", err
+	}
+	return filepath.Join(RunRoot(), opt.Name+"-"+hex.EncodeToString(b[:])), nil
+}
+
+// cleanup undoes a half-made instance.
+type cleanup struct {
+	dir  string
+	inst *vm.Instance
+	done bool
+}
+
+func (c *cleanup) run() {
+	if c.done {
+		return
+	}
+	if c.inst != nil {
+		c.inst.Kill()
+		c.inst.Wait()
+	}
+	if c.dir != "" {
+		os.RemoveAll(c.dir)
+	}
+}
+
+// Stop ends the instance in runDir (QMP quit, then SIGKILL) and removes the
+// run folder.
+func Stop(ctx context.Context, runDir string) error {
+	info, err := instance.Read(runDir)
+	if err != nil {
+		return err
+	}
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if c, err := qmpctl.Dial(qctx, info.QMP); err == nil {
+		c.Quit(qctx)
+	}
+	cancel()
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(info.Pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(info.Pid) {
+		if p, err := os.FindProcess(info.Pid); err == nil {
+			p.Kill()
+		}
+		for i := 0; i < 100 && alive(info.Pid); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return os.RemoveAll(runDir)
+}
+
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	if p.Signal(nil) != nil {
+		return false
+	}
+	// a zombie (not yet reaped by its parent) is not alive for us
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	for i := len(b) - 1; i > 0; i-- {
+		if b[i] == ')' && i+2 < len(b) {
+			return b[i+2] != 'Z'
+		}
+	}
+	return true
+}
+
+func toInfoForwards(fs []vm.Forward) []instance.Forward {
+	out := []instance.Forward{}
+	for _, f := range fs {
+		addr := f.HostAddr
+		if addr == "" {
+			addr = "127.0.0.1"
+		}
+		proto := f.Proto
+		if proto == "" {
+			proto = "tcp"
+		}
+		out = append(out, instance.Forward{Proto: proto, HostAddr: addr, HostPort: f.HostPort, GuestPort: f.GuestPort})
+	}
+	return out
+}
+
+func toFormatForwards(fs []vm.Forward) []format.Forward {
+	var out []format.Forward
+	for _, f := range fs {
+		proto := f.Proto
+		if proto == "" {
+			proto = "tcp"
+		}
+		out = append(out, format.Forward{Proto: proto, HostPort: uint16(f.HostPort), GuestPort: uint16(f.GuestPort)})
+	}
+	return out
+}
+
+func fromFormatForwards(fs []format.Forward) []vm.Forward {
+	var out []vm.Forward
+	for _, f := range fs {
+		out = append(out, vm.Forward{Proto: f.Proto, HostPort: int(f.HostPort), GuestPort: int(f.GuestPort)})
+	}
+	return out
+}
+
+// infoFor fills the parts of an Info that come from a started instance.
+func infoFor(in *vm.Instance, cfg vm.Config) *instance.Info {
+	info := &instance.Info{
+		Name: in.Config.Name, Pid: in.Pid, RunDir: in.RunDir(), QMP: in.QMPPath(),
+		Serial: in.SerialPath(), SerialLog: in.SerialLog(), Forwards: toInfoForwards(in.Config.Forwards),
+		Accel: in.Accel, MemPath: in.MemPath(), MemShared: in.Config.MemShare, DiskTop: in.Config.Disk,
+		KernelPath: in.Config.Kernel, InitrdPath: in.Config.Initrd, Timings: map[string]float64{},
+	}
+	if cfg.VNC {
+		info.VNC = in.Config.VNCPath()
+	}
+	return info
+}
+
+// LaunchOptions say what to boot.
+type LaunchOptions struct {
+	Options
+	Image  string // raw disk image (never written: the VM gets a qcow2 top layer)
+	Kernel string
+	Initrd string
+	Append string
+	MemMiB int
+}
+
+// Launch boots a fresh VM from an image in the capturable layout.
+func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
+	start := time.Now()
+	img, err := filepath.Abs(lo.Image)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	dir, err := newRunDir(&lo.Options)
+	if err != nil {
+		return nil, err
+	}
+	cl := &cleanup{dir: dir}
+	defer cl.run()
+	desc := format.VMDesc{MemSize: uint64(max(lo.MemMiB, 1)) << 20, DiskSize: uint64(st.Size()), DiskFormat: "raw", Append: lo.Append, IgnoreShared: true}
+	if desc.DiskBase, err = base.FileSHA256(img); err != nil {
+		return nil, err
+	}
+	if lo.Kernel != "" {
+		if desc.Kernel, err = base.FileSHA256(lo.Kernel); err != nil {
+			return nil, err
+		}
+	}
+	if lo.Initrd != "" {
+		if desc.Initrd, err = base.FileSHA256(lo.Initrd); err != nil {
+			return nil, err
+		}
+	}
+	cfg := vm.Config{
+		Name: lo.Name, RunDir: dir, MemMiB: lo.MemMiB, MemShare: true,
+		Kernel: lo.Kernel, Initrd: lo.Initrd, Append: lo.Append,
+		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img, BaseFormat: "raw",
+		Forwards: lo.Forwards, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
+	}
+	in, err := vm.Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	cl.inst = in
+	info := infoFor(in, cfg)
+	desc.Machine, desc.CPU = in.Config.Machine, in.Config.CPU
+	desc.RAMBlocks = []format.RAMBlock{{ID: vm.MemBackendID, Size: desc.MemSize}}
+	desc.Forwards = toFormatForwards(in.Config.Forwards)
+	desc.QEMUVersion, _ = vm.QEMUVersion()
+	info.VM, info.DiskImage, info.Resumed = desc, img, "image"
+	info.Timings["launch"] = time.Since(start).Seconds()
+	if err := instance.Write(dir, info); err != nil {
+		return nil, err
+	}
+	cl.done = true
+	return info, nil
+}
+
+// migrateIn runs the incoming migration: QEMU listens on a unix socket in
+// the run folder, feed writes the stream into it.
+func migrateIn(ctx context.Context, c *qmpctl.Client, dir string, ignoreShared bool, feed func(w io.Writer) error) error {
+	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: ignoreShared}); err != nil {
+		return err
+	}
+	sock := filepath.Join(dir, "incoming.sock")
+	if err := c.MigrateIncoming(ctx, "unix:"+sock); err != nil {
+		return fmt.Errorf("migrate-incoming: %w", err)
+	}
+	var conn net.Conn
+	var err error
+	for i := 0; i < 200; i++ {
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("connecting to QEMU's incoming migration socket: %w", err)
+	}
+	ferr := feed(conn)
+	conn.Close()
+	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+	defer cancel()
+	werr := c.WaitMigration(wctx)
+	os.Remove(sock)
+	if werr != nil {
+		return fmt.Errorf("QEMU refused the device state: %w", werr)
+	}
+	if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
+		return fmt.Errorf("feeding the migration stream: %w", ferr)
+	}
+	return nil
+}

@@ -1,0 +1,347 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Defaults used when a Config field is left empty.
+const (
+	DefaultMachine = "pc-i440fx-7.2"
+	DefaultCPU     = "qemu64"
+	DefaultMemMiB  = 256
+	DefaultBinary  = "qemu-system-x86_64"
+	// DefaultMAC is the guest NIC's fixed MAC address, so that a resumed
+	// instance sees the same device it was captured with.
+	DefaultMAC = "52:54:00:c1:0d:01"
+)
+
+// Names of the files inside RunDir.
+const (
+	QMPSocketName    = "qmp.sock"
+	SerialSocketName = "serial.sock"
+	SerialLogName    = "serial.log"
+	PidFileName      = "qemu.pid"
+	LogFileName      = "qemu.log"
+	MemFileName      = "mem.ram"
+	VNCSocketName    = "vnc.sock"
+)
+
+// Fixed device ids: the capture and resume sides must agree on them.
+const (
+	MemBackendID = "mem"
+	DiskNodeID   = "disk0"
+	NetDevID     = "net0"
+)
+
+// Forward is one user-mode network port forward (QEMU hostfwd).
+type Forward struct {
+	Proto     string // "tcp" (default) or "udp"
+	HostAddr  string // IPv4 address to listen on; default 127.0.0.1
+	HostPort  int
+	GuestPort int
+}
+
+// Config describes one QEMU instance. The zero value of most fields picks a
+// default; see Normalize.
+type Config struct {
+	Name   string // instance name (-name); [A-Za-z0-9_-], default "cloudlet"
+	RunDir string // per-instance folder, created 0700; required
+
+	MemMiB   int    // guest RAM in MiB; default 256
+	MemPath  string // memory-backend-file path; default RunDir/mem.ram
+	MemShare bool   // share=on (capturable); false maps MemPath privately (never written)
+
+	Machine string // machine type; default pc-i440fx-7.2
+	CPU     string // CPU model; default qemu64 (portable, pinned)
+	SMP     int    // vCPUs; default 1
+	Accel   string // "auto" (default), "tcg" or "kvm"
+
+	Kernel string // -kernel
+	Initrd string // -initrd
+	Append string // -append (kernel command line)
+
+	// Disk is the qcow2 top layer attached with virtio-blk (discard=unmap).
+	// If BaseDisk is set and Disk does not exist, Start creates Disk with
+	// "qemu-img create -f qcow2 -b BaseDisk -F BaseFormat", so the base is
+	// never written.
+	Disk       string
+	BaseDisk   string
+	BaseFormat string // format of BaseDisk; default raw
+
+	Forwards []Forward // user-mode net hostfwd; a NIC is added if Net or Forwards
+	Net      bool      // add a user-mode virtio-net NIC even without forwards
+	MAC      string    // NIC MAC; default DefaultMAC
+
+	Incoming bool // -incoming defer
+	VNC      bool // VNC display on RunDir/vnc.sock instead of headless
+	Balloon  bool // virtio-balloon device (free page reporting off)
+	// FreePageReporting turns on the balloon's free page reporting. Refused
+	// with MemShare false: it punches holes in the (base) memory file.
+	FreePageReporting bool
+
+	Binary    string   // QEMU binary; default qemu-system-x86_64
+	ExtraArgs []string // the user's own args, appended verbatim (command line only)
+}
+
+var (
+	reName    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	reModel   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	rePath    = regexp.MustCompile(`^[A-Za-z0-9._/+@~-]+$`)
+	reMAC     = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+	errNoDir  = errors.New("vm: RunDir is required")
+	maxMemMiB = 1 << 20
+	// maxSocketPath is the longest unix socket path (sun_path is 108 bytes
+	// with its terminating NUL).
+	maxSocketPath = 107
+)
+
+// CheckPath reports whether p is safe to put into a QEMU option value: an
+// absolute or relative path made only of letters, digits and . _ / + @ ~ -
+// (no commas, colons, spaces, quotes or control characters), not starting
+// with '-'.
+func CheckPath(what, p string) error {
+	if p == "" {
+		return fmt.Errorf("vm: %s: empty path", what)
+	}
+	if !rePath.MatchString(p) || strings.HasPrefix(p, "-") {
+		return fmt.Errorf("vm: %s: unsafe path %q (allowed: letters, digits and . _ / + @ ~ -)", what, p)
+	}
+	return nil
+}
+
+// CheckID reports whether s is safe as a QEMU id or name.
+func CheckID(what, s string) error {
+	if !reName.MatchString(s) {
+		return fmt.Errorf("vm: %s: unsafe name %q (allowed: letters, digits, _ and -, at most 64)", what, s)
+	}
+	return nil
+}
+
+// Normalize returns a copy of c with defaults filled in, or an error when a
+// field is unsafe or inconsistent.
+func (c Config) Normalize() (Config, error) {
+	if c.RunDir == "" {
+		return c, errNoDir
+	}
+	if c.Name == "" {
+		c.Name = "cloudlet"
+	}
+	if c.MemMiB == 0 {
+		c.MemMiB = DefaultMemMiB
+	}
+	if c.MemPath == "" {
+		c.MemPath = filepath.Join(c.RunDir, MemFileName)
+	}
+	if c.Machine == "" {
+		c.Machine = DefaultMachine
+	}
+	if c.CPU == "" {
+		c.CPU = DefaultCPU
+	}
+	if c.SMP == 0 {
+		c.SMP = 1
+	}
+	if c.Accel == "" {
+		c.Accel = "auto"
+	}
+	if c.BaseFormat == "" {
+		c.BaseFormat = "raw"
+	}
+	if c.MAC == "" {
+		c.MAC = DefaultMAC
+	}
+	if c.Binary == "" {
+		c.Binary = DefaultBinary
+	}
+	for i := range c.Forwards {
+		f := &c.Forwards[i]
+		if f.Proto == "" {
+			f.Proto = "tcp"
+		}
+		if f.HostAddr == "" {
+			f.HostAddr = "127.0.0.1"
+		}
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	if err := CheckID("Name", c.Name); err != nil {
+		return err
+	}
+	if err := CheckPath("RunDir", c.RunDir); err != nil {
+		return err
+	}
+	for _, s := range []string{c.QMPPath(), c.SerialPath(), c.VNCPath()} {
+		if len(s) > maxSocketPath {
+			return fmt.Errorf("vm: socket path %s longer than %d bytes: use a shorter RunDir", s, maxSocketPath)
+		}
+	}
+	if err := CheckPath("MemPath", c.MemPath); err != nil {
+		return err
+	}
+	if c.MemMiB < 16 || c.MemMiB > maxMemMiB {
+		return fmt.Errorf("vm: MemMiB %d out of range [16, %d]", c.MemMiB, maxMemMiB)
+	}
+	if !reModel.MatchString(c.Machine) {
+		return fmt.Errorf("vm: unsafe machine type %q", c.Machine)
+	}
+	if !reModel.MatchString(c.CPU) {
+		return fmt.Errorf("vm: unsafe CPU model %q", c.CPU)
+	}
+	if c.SMP < 1 || c.SMP > 64 {
+		return fmt.Errorf("vm: SMP %d out of range [1, 64]", c.SMP)
+	}
+	switch c.Accel {
+	case "auto", "tcg", "kvm":
+	default:
+		return fmt.Errorf("vm: Accel %q: want auto, tcg or kvm", c.Accel)
+	}
+	for what, p := range map[string]string{"Kernel": c.Kernel, "Initrd": c.Initrd, "Disk": c.Disk, "BaseDisk": c.BaseDisk} {
+		if p == "" {
+			continue
+		}
+		if err := CheckPath(what, p); err != nil {
+			return err
+		}
+	}
+	if c.Initrd != "" && c.Kernel == "" {
+		return errors.New("vm: Initrd needs Kernel")
+	}
+	if c.Append != "" && c.Kernel == "" {
+		return errors.New("vm: Append needs Kernel")
+	}
+	for _, r := range c.Append {
+		if r < 0x20 || r > 0x7e {
+			return fmt.Errorf("vm: Append has a control or non-ASCII character %q", r)
+		}
+	}
+	if c.BaseDisk != "" && c.Disk == "" {
+		return errors.New("vm: BaseDisk needs Disk (the qcow2 top layer to create)")
+	}
+	if !reModel.MatchString(c.BaseFormat) {
+		return fmt.Errorf("vm: unsafe BaseFormat %q", c.BaseFormat)
+	}
+	if !reMAC.MatchString(c.MAC) {
+		return fmt.Errorf("vm: bad MAC %q (want lower-case xx:xx:xx:xx:xx:xx)", c.MAC)
+	}
+	if c.FreePageReporting && !c.Balloon {
+		return errors.New("vm: FreePageReporting needs Balloon")
+	}
+	if c.FreePageReporting && !c.MemShare {
+		return errors.New("vm: FreePageReporting with MemShare off would punch holes in the base memory file")
+	}
+	if err := CheckPath("Binary", c.Binary); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, f := range c.Forwards {
+		if f.Proto != "tcp" && f.Proto != "udp" {
+			return fmt.Errorf("vm: forward proto %q: want tcp or udp", f.Proto)
+		}
+		ip := net.ParseIP(f.HostAddr)
+		if ip == nil || ip.To4() == nil {
+			return fmt.Errorf("vm: forward host address %q: want an IPv4 address", f.HostAddr)
+		}
+		if f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
+			return fmt.Errorf("vm: forward ports %d->%d out of range", f.HostPort, f.GuestPort)
+		}
+		k := f.Proto + "/" + strconv.Itoa(f.HostPort)
+		if seen[k] {
+			return fmt.Errorf("vm: host port %s forwarded twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+// Paths of the files of an instance with this (normalized) config.
+func (c Config) QMPPath() string    { return filepath.Join(c.RunDir, QMPSocketName) }
+func (c Config) SerialPath() string { return filepath.Join(c.RunDir, SerialSocketName) }
+func (c Config) SerialLog() string  { return filepath.Join(c.RunDir, SerialLogName) }
+func (c Config) PidFile() string    { return filepath.Join(c.RunDir, PidFileName) }
+func (c Config) LogFile() string    { return filepath.Join(c.RunDir, LogFileName) }
+func (c Config) VNCPath() string    { return filepath.Join(c.RunDir, VNCSocketName) }
+
+// Args returns QEMU's arguments (without the binary) for c, resolving
+// Accel "auto" to "tcg" (use ResolveAccel first for the KVM probe). It does
+// not touch the file system, so it is usable in unit tests.
+func (c Config) Args() ([]string, error) {
+	c, err := c.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	accel := c.Accel
+	if accel == "auto" {
+		accel = "tcg"
+	}
+	share := "off"
+	if c.MemShare {
+		share = "on"
+	}
+	a := []string{
+		"-name", c.Name,
+		"-nodefaults", "-no-user-config",
+		"-accel", accel,
+		"-machine", c.Machine + ",memory-backend=" + MemBackendID,
+		"-cpu", c.CPU,
+		"-smp", strconv.Itoa(c.SMP),
+		"-m", strconv.Itoa(c.MemMiB) + "M",
+		"-object", "memory-backend-file,id=" + MemBackendID +
+			",size=" + strconv.Itoa(c.MemMiB) + "M" +
+			",mem-path=" + c.MemPath +
+			",share=" + share,
+	}
+	if c.VNC {
+		a = append(a, "-vga", "std", "-display", "none", "-vnc", "unix:"+c.VNCPath())
+	} else {
+		a = append(a, "-vga", "none", "-display", "none")
+	}
+	a = append(a,
+		"-chardev", "socket,id=qmp0,path="+c.QMPPath()+",server=on,wait=off",
+		"-mon", "chardev=qmp0,mode=control",
+		"-chardev", "socket,id=ser0,path="+c.SerialPath()+",server=on,wait=off,logfile="+c.SerialLog()+",logappend=on",
+		"-serial", "chardev:ser0",
+		"-pidfile", c.PidFile(),
+	)
+	if c.Kernel != "" {
+		a = append(a, "-kernel", c.Kernel)
+		if c.Initrd != "" {
+			a = append(a, "-initrd", c.Initrd)
+		}
+		if c.Append != "" {
+			a = append(a, "-append", c.Append)
+		}
+	}
+	if c.Disk != "" {
+		a = append(a,
+			"-blockdev", "driver=qcow2,node-name="+DiskNodeID+",discard=unmap,file.driver=file,file.filename="+c.Disk,
+			"-device", "virtio-blk-pci,id=vblk0,drive="+DiskNodeID)
+	}
+	if c.Net || len(c.Forwards) > 0 {
+		nd := "user,id=" + NetDevID
+		for _, f := range c.Forwards {
+			nd += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Proto, f.HostAddr, f.HostPort, f.GuestPort)
+		}
+		a = append(a, "-netdev", nd,
+			"-device", "virtio-net-pci,id=vnet0,netdev="+NetDevID+",mac="+c.MAC+",romfile=")
+	}
+	if c.Balloon {
+		fpr := "off"
+		if c.FreePageReporting {
+			fpr = "on"
+		}
+		a = append(a, "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting="+fpr)
+	}
+	if c.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
+	a = append(a, c.ExtraArgs...)
+	return a, nil
+}

@@ -1,0 +1,309 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Instance is a running (or finished) QEMU process.
+type Instance struct {
+	Config Config // normalized config it was started with
+	Accel  string // the accelerator actually used ("tcg" or "kvm")
+	Pid    int
+
+	cmd     *exec.Cmd // nil when attached
+	done    chan struct{}
+	waitErr error
+	once    sync.Once
+}
+
+// RunDir, QMPPath, SerialPath, SerialLog, PidFile and MemPath of the instance.
+func (in *Instance) RunDir() string     { return in.Config.RunDir }
+func (in *Instance) QMPPath() string    { return in.Config.QMPPath() }
+func (in *Instance) SerialPath() string { return in.Config.SerialPath() }
+func (in *Instance) SerialLog() string  { return in.Config.SerialLog() }
+func (in *Instance) PidFile() string    { return in.Config.PidFile() }
+func (in *Instance) MemPath() string    { return in.Config.MemPath }
+
+// CreateOverlay creates a qcow2 top layer top over base (format baseFormat,
+// e.g. "raw") with qemu-img; base is only ever read.
+func CreateOverlay(ctx context.Context, base, baseFormat, top string) error {
+	if err := CheckPath("base", base); err != nil {
+		return err
+	}
+	if err := CheckPath("top", top); err != nil {
+		return err
+	}
+	if baseFormat == "" {
+		baseFormat = "raw"
+	}
+	if !reModel.MatchString(baseFormat) {
+		return fmt.Errorf("vm: unsafe base format %q", baseFormat)
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+		"-b", base, "-F", baseFormat, top).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("vm: qemu-img create %s: %v: %s", top, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Start validates cfg, prepares RunDir (created 0700; it may exist but then
+// must not hold a live instance), creates the disk top layer if asked, and
+// starts QEMU in its own session. It returns once QEMU's QMP socket exists,
+// or with an error (including the tail of QEMU's log) if QEMU exits first.
+func Start(ctx context.Context, cfg Config) (*Instance, error) {
+	c, err := cfg.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	if err := os.Chmod(c.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	if pid, err := readPid(c.PidFile()); err == nil && alive(pid) {
+		return nil, fmt.Errorf("vm: %s already holds a running QEMU (pid %d)", c.RunDir, pid)
+	}
+	for _, p := range []string{c.QMPPath(), c.SerialPath(), c.PidFile()} {
+		_ = os.Remove(p)
+	}
+	if !c.MemShare {
+		// A private mapping of a base memory file: it must exist and is
+		// never written (MAP_PRIVATE; free page reporting refused).
+		st, err := os.Stat(c.MemPath)
+		if err != nil {
+			return nil, fmt.Errorf("vm: MemShare off needs an existing memory file: %w", err)
+		}
+		if st.Size() != int64(c.MemMiB)<<20 {
+			return nil, fmt.Errorf("vm: memory file %s is %d bytes, want %d", c.MemPath, st.Size(), int64(c.MemMiB)<<20)
+		}
+	}
+	if c.Disk != "" {
+		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) && c.BaseDisk != "" {
+			if err := CreateOverlay(ctx, c.BaseDisk, c.BaseFormat, c.Disk); err != nil {
+				return nil, err
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("vm: disk: %w", err)
+		}
+	}
+	accel, err := ResolveAccel(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	c2 := c
+	c2.Accel = accel
+	args, err := c2.Args()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(c.LogFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "# %s %s\n", c.Binary, strings.Join(args, " "))
+	// Not CommandContext: the instance must outlive ctx (and the tool).
+	cmd := exec.Command(c.Binary, args...)
+	cmd.Dir = c.RunDir
+	cmd.Stdin = nil
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("vm: start %s: %w", c.Binary, err)
+	}
+	in := &Instance{Config: c, Accel: accel, Pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		in.waitErr = cmd.Wait()
+		close(in.done)
+	}()
+	if err := in.waitReady(ctx); err != nil {
+		_ = in.Kill()
+		<-in.done
+		return nil, err
+	}
+	return in, nil
+}
+
+func (in *Instance) waitReady(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if st, err := os.Stat(in.QMPPath()); err == nil && st.Mode()&os.ModeSocket != 0 {
+			if st, err := os.Stat(in.SerialPath()); err == nil && st.Mode()&os.ModeSocket != 0 {
+				return nil
+			}
+		}
+		select {
+		case <-in.done:
+			return fmt.Errorf("vm: QEMU exited during start (%v): %s", in.waitErr, in.LogTail(2000))
+		case <-ctx.Done():
+			return fmt.Errorf("vm: waiting for QEMU sockets: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// LogTail returns up to n bytes from the end of QEMU's own log.
+func (in *Instance) LogTail(n int) string {
+	b, _ := os.ReadFile(in.Config.LogFile())
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Attach returns an Instance for a QEMU started earlier (possibly by another
+// process) with the given config, found through its pidfile.
+func Attach(cfg Config) (*Instance, error) {
+	c, err := cfg.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	pid, err := readPid(c.PidFile())
+	if err != nil {
+		return nil, fmt.Errorf("vm: attach: %w", err)
+	}
+	if !alive(pid) {
+		return nil, fmt.Errorf("vm: attach: pid %d from %s is not running", pid, c.PidFile())
+	}
+	in := &Instance{Config: c, Pid: pid, done: make(chan struct{})}
+	go func() {
+		for alive(pid) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(in.done)
+	}()
+	return in, nil
+}
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("bad pidfile %s", path)
+	}
+	return pid, nil
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
+}
+
+// Done is closed when QEMU has exited.
+func (in *Instance) Done() <-chan struct{} { return in.done }
+
+// Wait blocks until QEMU exits and returns its exit error (nil for an
+// attached instance).
+func (in *Instance) Wait() error {
+	<-in.done
+	return in.waitErr
+}
+
+// Running reports whether QEMU is still running.
+func (in *Instance) Running() bool {
+	select {
+	case <-in.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Signal sends sig to QEMU if it is still running.
+func (in *Instance) Signal(sig syscall.Signal) error {
+	if !in.Running() {
+		return nil
+	}
+	if err := syscall.Kill(in.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+// Kill ends QEMU with SIGKILL at once.
+func (in *Instance) Kill() error { return in.Signal(syscall.SIGKILL) }
+
+// StopTimeout is how long Shutdown waits after each step (QMP quit, then
+// SIGTERM) before the next, harsher one.
+var StopTimeout = 5 * time.Second
+
+// Shutdown ends QEMU: QMP "quit" if the QMP socket answers, else SIGTERM;
+// SIGKILL when it is still running after StopTimeout (or ctx ends). The run
+// folder is kept.
+func (in *Instance) Shutdown(ctx context.Context) error {
+	if !in.Running() {
+		return nil
+	}
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-in.done:
+			return true
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	qerr := QMPQuit(qctx, in.QMPPath())
+	cancel()
+	if qerr == nil && wait(StopTimeout) {
+		return nil
+	}
+	if ctx.Err() == nil {
+		_ = in.Signal(syscall.SIGTERM)
+		if wait(StopTimeout) {
+			return nil
+		}
+	}
+	_ = in.Kill()
+	t := time.NewTimer(StopTimeout)
+	defer t.Stop()
+	select {
+	case <-in.done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("vm: QEMU pid %d did not exit after SIGKILL", in.Pid)
+	}
+}
+
+// Stop ends QEMU (see Shutdown) and removes the run folder, including the
+// memory file when it lives there. Safe to call more than once.
+func (in *Instance) Stop(ctx context.Context) error {
+	err := in.Shutdown(ctx)
+	in.once.Do(func() {
+		if rerr := os.RemoveAll(in.Config.RunDir); rerr != nil && err == nil {
+			err = rerr
+		}
+	})
+	return err
+}

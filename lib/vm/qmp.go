@@ -1,0 +1,69 @@
+package vm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"time"
+)
+
+// QMPQuit connects to a QMP socket, negotiates capabilities and sends
+// "quit". It is the small piece of QMP that stopping an instance needs; the
+// full client lives elsewhere.
+func QMPQuit(ctx context.Context, path string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	}
+	r := bufio.NewReader(conn)
+	// Greeting.
+	if _, err := readQMP(r); err != nil {
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	for _, cmd := range []string{"qmp_capabilities", "quit"} {
+		if _, err := fmt.Fprintf(conn, "{\"execute\":%q}\n", cmd); err != nil {
+			return err
+		}
+		if err := readReturn(r); err != nil {
+			return fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	}
+	return nil
+}
+
+func readQMP(r *bufio.Reader) (map[string]json.RawMessage, error) {
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(line, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// readReturn reads messages until a "return" or "error", skipping events.
+func readReturn(r *bufio.Reader) error {
+	for {
+		m, err := readQMP(r)
+		if err != nil {
+			return err
+		}
+		if _, ok := m["return"]; ok {
+			return nil
+		}
+		if e, ok := m["error"]; ok {
+			return fmt.Errorf("%s", e)
+		}
+	}
+}
