@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
 	"cloudlet/format"
@@ -30,6 +31,8 @@ type Options struct {
 	ExtraArgs []string // the user's own QEMU args (command line only)
 	Log       io.Writer
 }
+
+var reVersion = regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`)
 
 // RunRoot is where run folders go by default: $CLOUDLET_RUN_DIR, else
 // /run/cloudlet for root, else a folder in the temp dir.
@@ -238,7 +241,9 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	desc.Machine, desc.CPU = in.Config.Machine, in.Config.CPU
 	desc.RAMBlocks = []format.RAMBlock{{ID: vm.MemBackendID, Size: desc.MemSize}}
 	desc.Forwards = toFormatForwards(in.Config.Forwards)
-	desc.QEMUVersion, _ = vm.QEMUVersion()
+	if v, err := vm.QEMUVersion(); err == nil {
+		desc.QEMUVersion = reVersion.FindString(v)
+	}
 	info.VM, info.DiskImage, info.Resumed = desc, img, "image"
 	info.Timings["launch"] = time.Since(start).Seconds()
 	if err := instance.Write(dir, info); err != nil {
