@@ -232,7 +232,7 @@ func TestRelativeResume(t *testing.T) {
 	w.Close()
 	t.Logf("diff stream %d bytes (disk: %+v)", d2.Len(), st)
 
-	so.RunDir, so.Forwards = runDir(t, "r"), []vm.Forward{{Proto: "tcp", HostPort: p2, GuestPort: 80}}
+	so.BaseDir, so.RunDir, so.Forwards = bdir, runDir(t, "r"), []vm.Forward{{Proto: "tcp", HostPort: p2, GuestPort: 80}}
 	info2, err := FromStream(context.Background(), format.NewReader(&d2), so)
 	if err != nil {
 		t.Fatal(err)
