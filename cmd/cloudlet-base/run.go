@@ -24,6 +24,7 @@ VM captured with vm-capture:
    cloudlet-base list                # ID, name, path of every catalogued base
    cloudlet-base remove NAME|ID      # take it out of the catalog (the folder stays)
    cloudlet-base verify BASE         # re-hash everything, check the ID
+   cloudlet-base stream BASE | vm-resume --base BASE   # resume the base to customize it
    cloudlet-base index [--windows] BASE   # dedup index size and build time
 
 The catalog is a JSON list of {"name","sha256","path"}, as the original
@@ -123,6 +124,24 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				return c.Save()
 			}),
+		},
+		{
+			Name: "stream", Usage: "write the stream that resumes the base unchanged (pipe it into vm-resume)", ArgsUsage: "DIR",
+			Action: func(cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				if err := cliutil.CheckStdout(stdout, false); err != nil {
+					return err
+				}
+				b, err := base.Open(dir)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				return b.WriteResumeStream(format.NewWriter(stdout))
+			},
 		},
 		{
 			Name: "verify", Usage: "re-hash a base and check its ID", ArgsUsage: "DIR",

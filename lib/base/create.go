@@ -239,3 +239,21 @@ func short(s string) string {
 
 // SHA256Hex returns the hex sha256 of b.
 func SHA256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// WriteResumeStream writes the stream that resumes the base unchanged: a
+// diff stream relative to the base holding only its device state. Piped
+// into vm-resume, it brings the base VM back (to customize it before
+// capturing an overlay).
+func (b *Base) WriteResumeStream(w *format.Writer) error {
+	dev, err := os.ReadFile(b.Path(DevStateFile))
+	if err != nil {
+		return err
+	}
+	if err := w.WriteHeader(&format.Header{Kind: format.KindDiff, VM: b.Meta.VM, BaseID: b.ID(), MemRelative: true, Producer: []string{"cloudlet-base stream"}}); err != nil {
+		return err
+	}
+	if err := w.WriteDevState(dev); err != nil {
+		return err
+	}
+	return w.Close()
+}

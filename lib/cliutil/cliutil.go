@@ -50,9 +50,12 @@ func ExitCode(err error) int {
 	var up *format.UpstreamError
 	var ce *format.CorruptError
 	var ue *UsageError
+	var es interface{ ExitStatus() int }
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.As(err, &es):
+		return es.ExitStatus()
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted
 	case errors.As(err, &up):

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/console"
+	"cloudlet/lib/instance"
+
+	"github.com/urfave/cli/v2"
+)
+
+const description = `Runs a shell command on the serial console of a VM that vm-resume started
+(the guest kit's root shell), prints its output on stdout and exits with the
+command's exit status; or, with no command, connects stdin and stdout to
+the console (for a real terminal, socat -,raw,echo=0 UNIX-CONNECT:RUN/serial.sock
+is nicer).
+
+   vm-console --wait-ready RUN 'clwork serve &'
+   vm-console RUN 'cat /run/counter'`
+
+// exitError carries the guest command's exit status.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("guest command exited with status %d", e.code) }
+
+// ExitStatus makes vm-console exit with the guest command's status.
+func (e *exitError) ExitStatus() int { return e.code }
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var ready bool
+	var timeout time.Duration
+	app := cliutil.NewApp("vm-console", "run commands on a VM's serial console",
+		"vm-console [--wait-ready] [--timeout D] RUN [COMMAND...]", description,
+		[]cli.Flag{
+			&cli.BoolFlag{Name: "wait-ready", Usage: "first wait for the guest kit's CLOUDLET-GUEST-READY line", Destination: &ready},
+			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long", Value: 5 * time.Minute, Destination: &timeout},
+		},
+		func(c *cli.Context) error {
+			if c.NArg() < 1 {
+				return cliutil.Usagef("want the run folder printed by vm-resume")
+			}
+			info, err := instance.Read(c.Args().First())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			con, err := console.Dial(ctx, info.Serial)
+			if err != nil {
+				return err
+			}
+			defer con.Close()
+			if ready {
+				if err := con.WaitFor(ctx, "CLOUDLET-GUEST-READY"); err != nil {
+					return fmt.Errorf("guest never printed CLOUDLET-GUEST-READY: %w\n%s", err, con.Tail(1000))
+				}
+			}
+			if c.NArg() == 1 {
+				return interactive(ctx, con, stdin, stdout)
+			}
+			out, code, err := con.Run(ctx, strings.Join(c.Args().Slice()[1:], " "))
+			fmt.Fprint(stdout, out)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code}
+			}
+			return nil
+		}, stdin, stderr)
+	return app.RunContext(ctx, args)
+}
+
+func interactive(ctx context.Context, con *console.Console, stdin io.Reader, stdout io.Writer) error {
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				con.Send(string(buf[:n]))
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	seen := 0
+	for ctx.Err() == nil {
+		out := con.Output()
+		if len(out) > seen {
+			io.WriteString(stdout, out[seen:])
+			seen = len(out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
