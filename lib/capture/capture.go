@@ -277,7 +277,7 @@ func describe(ctx context.Context, c *qmpctl.Client, opt Options) (vm format.VMD
 	return vm, main, "", err
 }
 
-var reBlockLine = regexp.MustCompile(`^\s*(\S+)\s+(\S+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)`)
+var reBlockLine = regexp.MustCompile(`^\s*(\S+)\s+([0-9]+ [KMG]iB)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)`)
 
 // ramBlocks reads QEMU's RAM blocks from HMP "info ramblock" (no QMP
 // command lists them). Columns: Block Name, PSize, Offset, Used, Total.
@@ -288,7 +288,7 @@ func ramBlocks(ctx context.Context, c *qmpctl.Client) ([]format.RAMBlock, error)
 	}
 	var blocks []format.RAMBlock
 	for _, line := range strings.Split(out, "\n") {
-		m := reBlockLine.FindStringSubmatch(line)
+		m := reBlockLine.FindStringSubmatch(strings.TrimRight(line, "\r"))
 		if m == nil {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -241,5 +242,134 @@ func TestRelativeResume(t *testing.T) {
 	check(t, attach(t, info2, false), 2, files, mem, before, p2)
 	if err := b.Verify(); err != nil {
 		t.Errorf("base changed: %v", err)
+	}
+}
+
+// Test 3: a QEMU started by hand with plain RAM (no memory file) is
+// captured through the RAM-section parser, and the stream resumes.
+func TestCaptureForeignVM(t *testing.T) {
+	kit := guesttest.Kit(t)
+	dir := runDir(t, "f")
+	top := filepath.Join(t.TempDir(), "top.qcow2")
+	in, err := vm.Start(context.Background(), vm.Config{
+		Name: "foreign", RunDir: dir, MemMiB: 256, MemPlain: true, Accel: os.Getenv("CLOUDLET_ACCEL"),
+		Kernel: kit.Kernel, Initrd: kit.Initrd, Append: guesttest.DefaultAppend,
+		Disk: top, BaseDisk: kit.Rootfs, Net: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Stop(context.Background()) })
+	v := attach(t, &instance.Info{RunDir: dir, Serial: in.SerialPath()}, true)
+	v.run("clwork counter --file /run/counter &")
+	mem := v.run("clwork fillmem --mib 4 --seed 3")
+	files := v.run("clwork writefiles --mib 1 --dir /root/f --seed 3 && sync")
+	time.Sleep(300 * time.Millisecond)
+	before := counter(v)
+
+	pr, pw := io.Pipe()
+	go func() {
+		w := format.NewWriter(pw)
+		_, err := capture.Capture(context.Background(), capture.Options{QMP: in.QMPPath(), Disk: top, After: capture.Quit}, w)
+		if err != nil {
+			w.WriteError("vm-capture", err.Error())
+		}
+		pw.CloseWithError(err)
+	}()
+	info, err := FromStream(context.Background(), format.NewReader(pr), StreamOptions{
+		Options: Options{Name: "t", RunDir: runDir(t, "r"), Accel: os.Getenv("CLOUDLET_ACCEL")},
+		Images:  []string{kit.Rootfs}, KitDirs: []string{kit.Dir},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := attach(t, info, false)
+	v2.con.Send("\n")
+	if after := counter(v2); after < before {
+		t.Errorf("counter %d after resume; was %d before capture", after, before)
+	}
+	if got := v2.run("clwork checksum " + strings.Fields(mem)[1]); got != mem {
+		t.Errorf("memory data after resume = %q; want %q", got, mem)
+	}
+	var paths []string
+	for _, l := range strings.Split(files, "\n") {
+		paths = append(paths, strings.Fields(l)[1])
+	}
+	if got := v2.run("clwork checksum " + strings.Join(paths, " ")); got != files {
+		t.Errorf("files after resume:\n%s\nwant\n%s", got, files)
+	}
+}
+
+// rewrite copies a stream with its header changed by fn.
+func rewrite(t *testing.T, in []byte, fn func(*format.Header)) []byte {
+	r := format.NewReader(bytes.NewReader(in))
+	h, err := r.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(h)
+	var out bytes.Buffer
+	w := format.NewWriter(&out)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.WriteRecord(rec)
+	}
+	w.Close()
+	return out.Bytes()
+}
+
+// Test 4: bad input gives a clear error, leaves no QEMU and no run folder.
+func TestBadStreams(t *testing.T) {
+	kit := guesttest.Kit(t)
+	v := launch(t, kit, guesttest.FreePort(t))
+	full, err := io.ReadAll(captureTo(t, v.info, capture.Quit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := bytes.Clone(full)
+	flipped[len(flipped)/2] ^= 0x10
+	cases := []struct {
+		name   string
+		stream []byte
+		want   string
+	}{
+		{"truncated", full[:len(full)*3/5], "unexpected EOF"},
+		{"corrupt", flipped, "checksum"},
+		{"ram size", rewrite(t, full, func(h *format.Header) {
+			h.VM.MemSize *= 2
+			h.VM.RAMBlocks[0].Size *= 2
+		}), "refused the device state"},
+		{"missing base", rewrite(t, full, func(h *format.Header) {
+			h.Kind, h.MemRelative, h.BaseID = format.KindDiff, true, strings.Repeat("ab", 32)
+		}), "abababab"},
+		{"empty", nil, "unexpected EOF"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := runDir(t, "bad")
+			_, err := FromStream(context.Background(), format.NewReader(bytes.NewReader(tc.stream)), StreamOptions{
+				Options: Options{Name: "t", RunDir: dir, Accel: os.Getenv("CLOUDLET_ACCEL")},
+				Images:  []string{kit.Rootfs}, KitDirs: []string{kit.Dir}, Catalog: filepath.Join(t.TempDir(), "catalog.json"),
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("FromStream = %v; want an error mentioning %q", err, tc.want)
+			}
+			if _, serr := os.Stat(dir); serr == nil {
+				t.Errorf("run folder %s left behind", dir)
+			}
+			if out, _ := exec.Command("pgrep", "-f", dir).Output(); len(out) > 0 {
+				t.Errorf("processes left running for %s: %s", dir, out)
+			}
+			t.Logf("%s: %v", tc.name, err)
+		})
 	}
 }

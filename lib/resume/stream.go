@@ -114,8 +114,10 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		cfg.MemPath, cfg.MemShare = b.Path(base.MemFile), false
 	case sp.fileMem:
 		cfg.MemPath, cfg.MemShare = sp.memPath(), true
+	case main == "pc.ram":
+		cfg.MemPlain = true // a VM started by hand: plain RAM, pages injected
 	default:
-		return nil, fmt.Errorf("the stream's RAM block is %q: resuming a full stream needs the capturable layout's %q block (capture the VM with vm-capture --run, or diff it against a base)", main, vm.MemBackendID)
+		return nil, fmt.Errorf("the stream's main RAM block is %q; vm-resume knows %q (memory file) and \"pc.ram\" (plain RAM)", main, vm.MemBackendID)
 	}
 	in, err := vm.Start(ctx, cfg)
 	if err != nil {

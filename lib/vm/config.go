@@ -56,6 +56,9 @@ type Config struct {
 	MemMiB   int    // guest RAM in MiB; default 256
 	MemPath  string // memory-backend-file path; default RunDir/mem.ram
 	MemShare bool   // share=on (capturable); false maps MemPath privately (never written)
+	// MemPlain gives the VM plain anonymous RAM (-m only, RAM block
+	// "pc.ram"), as a QEMU started by hand has; MemPath is then unused.
+	MemPlain bool
 
 	Machine string // machine type; default pc-i440fx-7.2
 	CPU     string // CPU model; default qemu64 (portable, pinned)
@@ -289,14 +292,18 @@ func (c Config) Args() ([]string, error) {
 		"-name", c.Name,
 		"-nodefaults", "-no-user-config",
 		"-accel", accel,
-		"-machine", c.Machine + ",memory-backend=" + MemBackendID,
 		"-cpu", c.CPU,
 		"-smp", strconv.Itoa(c.SMP),
 		"-m", strconv.Itoa(c.MemMiB) + "M",
-		"-object", "memory-backend-file,id=" + MemBackendID +
-			",size=" + strconv.Itoa(c.MemMiB) + "M" +
-			",mem-path=" + c.MemPath +
-			",share=" + share,
+	}
+	if c.MemPlain {
+		a = append(a, "-machine", c.Machine)
+	} else {
+		a = append(a, "-machine", c.Machine+",memory-backend="+MemBackendID,
+			"-object", "memory-backend-file,id="+MemBackendID+
+				",size="+strconv.Itoa(c.MemMiB)+"M"+
+				",mem-path="+c.MemPath+
+				",share="+share)
 	}
 	if c.VNC {
 		a = append(a, "-vga", "std", "-display", "none", "-vnc", "unix:"+c.VNCPath())

@@ -78,7 +78,7 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	for _, p := range []string{c.QMPPath(), c.SerialPath(), c.PidFile()} {
 		_ = os.Remove(p)
 	}
-	if !c.MemShare {
+	if !c.MemShare && !c.MemPlain {
 		// A private mapping of a base memory file: it must exist and is
 		// never written (MAP_PRIVATE; free page reporting refused).
 		st, err := os.Stat(c.MemPath)
