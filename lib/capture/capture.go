@@ -94,18 +94,17 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	} else if status == "inmigrate" {
 		return nil, fmt.Errorf("the VM is still waiting for an incoming migration (status %s)", status)
 	}
-	resumeAfter := func() {}
-	defer func() { resumeAfter() }()
-	switch opt.After {
-	case Resume:
-		resumeAfter = func() { c.Cont(context.WithoutCancel(ctx)) }
-	case Quit:
-		resumeAfter = func() { c.Quit(context.WithoutCancel(ctx)) }
-	default:
-		if !running {
-			break
+	// Leave the VM as asked: paused, running, or (only after a complete
+	// capture, so nothing is lost) gone.
+	ok := false
+	defer func() {
+		switch {
+		case opt.After == Resume || (opt.After == Quit && !ok && running):
+			c.Cont(context.WithoutCancel(ctx))
+		case opt.After == Quit && ok:
+			c.Quit(context.WithoutCancel(ctx))
 		}
-	}
+	}()
 
 	// Device state (and, without a shared memory file, all of RAM).
 	mstart := time.Now()
@@ -204,6 +203,7 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	if err := w.Close(); err != nil {
 		return nil, err
 	}
+	ok = true
 	st.Seconds = time.Since(start).Seconds()
 	return st, nil
 }

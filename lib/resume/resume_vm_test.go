@@ -28,12 +28,12 @@ func TestMain(m *testing.M) { os.Exit(guesttest.Main(m)) }
 
 // vmT is a running instance with its console, stopped at test end.
 type vmT struct {
-	t    *testing.T
+	t    testing.TB
 	info *instance.Info
 	con  *console.Console
 }
 
-func attach(t *testing.T, info *instance.Info, fresh bool) *vmT {
+func attach(t testing.TB, info *instance.Info, fresh bool) *vmT {
 	t.Helper()
 	t.Cleanup(func() { Stop(context.Background(), info.RunDir) })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -62,7 +62,7 @@ func (v *vmT) run(cmd string) string {
 	return strings.TrimSpace(out)
 }
 
-func runDir(t *testing.T, name string) string {
+func runDir(t testing.TB, name string) string {
 	d, err := os.MkdirTemp("", "cl-"+name+"-")
 	if err != nil {
 		t.Fatal(err)
@@ -72,11 +72,18 @@ func runDir(t *testing.T, name string) string {
 	return d
 }
 
-func launch(t *testing.T, kit guesttest.GuestKit, port int) *vmT {
+func launch(t testing.TB, kit guesttest.GuestKit, port int) *vmT {
+	return launchOpt(t, kit, 256, []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}})
+}
+
+func launchMem(t testing.TB, kit guesttest.GuestKit, memMiB int) *vmT {
+	return launchOpt(t, kit, memMiB, nil)
+}
+
+func launchOpt(t testing.TB, kit guesttest.GuestKit, memMiB int, fwd []vm.Forward) *vmT {
 	info, err := Launch(context.Background(), LaunchOptions{
-		Options: Options{Name: "t", RunDir: runDir(t, "l"), Accel: os.Getenv("CLOUDLET_ACCEL"),
-			Forwards: []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}},
-		Image: kit.Rootfs, Kernel: kit.Kernel, Initrd: kit.Initrd, Append: guesttest.DefaultAppend, MemMiB: 256,
+		Options: Options{Name: "t", RunDir: runDir(t, "l"), Accel: os.Getenv("CLOUDLET_ACCEL"), Forwards: fwd},
+		Image:   kit.Rootfs, Kernel: kit.Kernel, Initrd: kit.Initrd, Append: guesttest.DefaultAppend, MemMiB: memMiB,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +92,7 @@ func launch(t *testing.T, kit guesttest.GuestKit, port int) *vmT {
 }
 
 // captureTo runs a capture into a pipe and returns its reader.
-func captureTo(t *testing.T, info *instance.Info, after capture.After) io.Reader {
+func captureTo(t testing.TB, info *instance.Info, after capture.After) io.Reader {
 	pr, pw := io.Pipe()
 	go func() {
 		w := format.NewWriter(pw)
@@ -183,7 +190,7 @@ func TestCaptureResumeFull(t *testing.T) {
 }
 
 // makeBase launches the kit guest and captures it into a base folder.
-func makeBase(t *testing.T, kit guesttest.GuestKit) string {
+func makeBase(t testing.TB, kit guesttest.GuestKit) string {
 	v := launch(t, kit, guesttest.FreePort(t))
 	v.run("sync")
 	dir := filepath.Join(t.TempDir(), "base")

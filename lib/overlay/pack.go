@@ -1,0 +1,306 @@
+package overlay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+
+	"cloudlet/format"
+	"cloudlet/lib/codec"
+)
+
+// PackOptions configures Pack. Zero values take the defaults.
+type PackOptions struct {
+	// Codec is "zstd", "xz" or "auto" (default zstd).
+	Codec string
+	// Level is the compression level, 1-19 (default 3).
+	Level int
+	// SegmentSize is the raw size of a segment (default 4 MiB, at most
+	// format.MaxSegmentRaw, at least 64 KiB).
+	SegmentSize int
+	// Bandwidth is the link speed in Mbit/s that "auto" plans for
+	// (default 100).
+	Bandwidth float64
+	// Workers compress in parallel (default GOMAXPROCS).
+	Workers int
+	// Producer is appended to the header's producer list (default
+	// "overlay-pack").
+	Producer string
+	// Log, if set, receives one line saying what "auto" chose and why.
+	Log io.Writer
+}
+
+// Defaults of PackOptions.
+const (
+	DefaultSegmentSize = 4 << 20
+	MinSegmentSize     = 64 << 10
+	DefaultBandwidth   = 100
+)
+
+func (o *PackOptions) fill() error {
+	if o.Codec == "" {
+		o.Codec = "zstd"
+	}
+	if o.Codec != "auto" {
+		if _, err := codec.Parse(o.Codec); err != nil {
+			return fmt.Errorf("overlay: codec %q: want zstd, xz or auto", o.Codec)
+		}
+	}
+	if o.Level == 0 {
+		o.Level = codec.DefaultLevel
+	}
+	if o.Level < codec.MinLevel || o.Level > codec.MaxLevel {
+		return fmt.Errorf("overlay: level %d: want %d-%d", o.Level, codec.MinLevel, codec.MaxLevel)
+	}
+	if o.SegmentSize == 0 {
+		o.SegmentSize = DefaultSegmentSize
+	}
+	if o.SegmentSize < MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw {
+		return fmt.Errorf("overlay: segment size %d: want %d-%d bytes", o.SegmentSize, MinSegmentSize, format.MaxSegmentRaw)
+	}
+	if o.Bandwidth == 0 {
+		o.Bandwidth = DefaultBandwidth
+	}
+	if o.Bandwidth < 0 {
+		return fmt.Errorf("overlay: bandwidth %g Mbit/s: want a positive number", o.Bandwidth)
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.Producer == "" {
+		o.Producer = "overlay-pack"
+	}
+	return nil
+}
+
+// packJob is one segment on its way through a compression worker.
+type packJob struct {
+	raw   []byte
+	rng   segRanges
+	codec uint8
+	comp  []byte
+	err   error
+	done  chan struct{}
+}
+
+type packer struct {
+	ctx     context.Context
+	o       *PackOptions
+	w       *format.Writer
+	codec   uint8 // 0 until "auto" decided
+	jobs    chan *packJob
+	pending []*packJob
+	free    [][]byte // raw buffers to reuse
+	index   format.Index
+}
+
+// Pack reads a diff stream from r and writes it to w as an overlay (SPEC.md
+// section 3): HEADER, SEGMENT frames, INDEX. The caller closes w, which
+// writes END; Pack enables its sha256 (Writer.HashSHA256), so w must be
+// fresh. Records keep their order.
+func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions) error {
+	if err := o.fill(); err != nil {
+		return err
+	}
+	h, err := r.Header()
+	if err != nil {
+		return err
+	}
+	if h.Kind != format.KindDiff {
+		return fmt.Errorf("input is a %s stream; overlay-pack packs a diff stream (the output of mem-diff and disk-diff)", h.Kind)
+	}
+	out := *h
+	out.Kind = format.KindOverlay
+	out.Producer = append(slices.Clone(h.Producer), o.Producer)
+	w.HashSHA256()
+	if err := w.WriteHeader(&out); err != nil {
+		return err
+	}
+	p := &packer{ctx: ctx, o: &o, w: w, jobs: make(chan *packJob, 2*o.Workers+2)}
+	if o.Codec != "auto" {
+		p.codec, _ = codec.Parse(o.Codec)
+	}
+	defer close(p.jobs)
+	for range o.Workers {
+		go p.worker()
+	}
+	var seg *bytes.Buffer
+	var bw *format.Writer
+	var rng segRanges
+	flush := func() error {
+		if bw == nil {
+			return nil
+		}
+		if err := bw.Close(); err != nil {
+			return err
+		}
+		raw := seg.Bytes()
+		bw = nil
+		j := &packJob{raw: raw, rng: rng, done: make(chan struct{})}
+		rng = segRanges{}
+		return p.submit(j)
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		size := format.FrameHeadSize + len(rec.Payload) + format.FrameTailSize
+		if size > format.MaxSegmentRaw {
+			return fmt.Errorf("%s record at input offset %d is %d bytes, larger than a segment can hold (%d); split it upstream", rec.Type, r.Offset()-int64(size), size, format.MaxSegmentRaw)
+		}
+		if bw != nil && int(bw.Bytes())+size > o.SegmentSize {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if bw == nil {
+			seg = bytes.NewBuffer(p.buffer())
+			bw = format.NewBodyWriter(seg)
+		}
+		if err := bw.WriteRecord(rec); err != nil {
+			return err
+		}
+		rng.note(rec)
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	for len(p.pending) > 0 {
+		if err := p.writeOldest(); err != nil {
+			return err
+		}
+	}
+	return p.writeIndex()
+}
+
+func (p *packer) buffer() []byte {
+	if k := len(p.free); k > 0 {
+		b := p.free[k-1]
+		p.free = p.free[:k-1]
+		return b[:0]
+	}
+	return make([]byte, 0, p.o.SegmentSize+format.MaxRecordData)
+}
+
+func (p *packer) worker() {
+	for j := range p.jobs {
+		j.comp, j.err = codec.Compress(j.codec, p.o.Level, nil, j.raw)
+		close(j.done)
+	}
+}
+
+// submit queues a segment for compression, first writing the oldest
+// segments while too many are in flight. The first segment decides
+// "auto".
+func (p *packer) submit(j *packJob) error {
+	if p.codec == 0 {
+		if err := p.decide(j); err != nil {
+			return err
+		}
+		p.pending = append(p.pending, j)
+		return nil
+	}
+	for len(p.pending) >= cap(p.jobs) {
+		if err := p.writeOldest(); err != nil {
+			return err
+		}
+	}
+	j.codec = p.codec
+	p.pending = append(p.pending, j)
+	p.jobs <- j
+	return nil
+}
+
+// decide picks the codec for "auto" by compressing the first segment both
+// ways: the one with the smaller (compressed bytes / bandwidth + raw bytes
+// / decode speed) wins, that is the sooner the cloudlet has the data
+// decoded.
+func (p *packer) decide(j *packJob) error {
+	bps := p.o.Bandwidth * 1e6 / 8
+	best, bestT := uint8(0), 0.0
+	var bestComp []byte
+	var line string
+	for _, c := range []uint8{codec.Zstd, codec.XZ} {
+		comp, err := codec.Compress(c, p.o.Level, nil, j.raw)
+		if err != nil {
+			return err
+		}
+		t := float64(len(comp))/bps + float64(len(j.raw))/codec.DecodeSpeed[c]
+		line += fmt.Sprintf(" %s %d bytes %.3fs;", codec.Name(c), len(comp), t)
+		if best == 0 || t < bestT {
+			best, bestT, bestComp = c, t, comp
+		}
+	}
+	p.codec = best
+	if p.o.Log != nil {
+		fmt.Fprintf(p.o.Log, "overlay-pack: --codec auto chose %s for %g Mbit/s (first segment of %d bytes:%s time = size/bandwidth + decode)\n",
+			codec.Name(best), p.o.Bandwidth, len(j.raw), line)
+	}
+	j.codec, j.comp = best, bestComp
+	close(j.done)
+	return nil
+}
+
+func (p *packer) writeOldest() error {
+	j := p.pending[0]
+	p.pending = p.pending[1:]
+	select {
+	case <-j.done:
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
+	if j.err != nil {
+		return fmt.Errorf("compressing segment %d with %s: %w", len(p.index.Segments), codec.Name(j.codec), j.err)
+	}
+	if len(j.comp)+8 > format.MaxPayload {
+		return fmt.Errorf("segment %d compresses to %d bytes, more than a frame holds; use a smaller --segment-size", len(p.index.Segments), len(j.comp))
+	}
+	off := p.w.Bytes()
+	check, err := p.w.WriteSegment(j.codec, uint32(len(j.raw)), j.comp)
+	if err != nil {
+		return err
+	}
+	p.index.Segments = append(p.index.Segments, format.SegmentInfo{
+		Offset: off, Size: uint64(len(j.comp)), Raw: uint64(len(j.raw)), Check: check,
+		Mem: j.rng.mem.normalize(0), Disk: j.rng.disk.normalize(0),
+	})
+	p.free = append(p.free, j.raw)
+	return nil
+}
+
+// writeIndex writes the INDEX. If it would exceed format.MaxMetaPayload
+// (hundreds of thousands of scattered ranges), ranges closer than a gap
+// are merged, the gap growing until it fits: the INDEX then says which
+// areas a segment touches rather than each range; overlay-apply checks
+// that what it read lies inside them.
+func (p *packer) writeIndex() error {
+	for gap := uint64(0); ; gap = max(4096, gap*4) {
+		if gap > 0 {
+			for i := range p.index.Segments {
+				s := &p.index.Segments[i]
+				s.Mem = ranges(s.Mem).normalize(gap)
+				s.Disk = ranges(s.Disk).normalize(gap)
+			}
+		}
+		b, err := format.Marshal(&p.index)
+		if err != nil {
+			return err
+		}
+		if len(b) <= format.MaxMetaPayload {
+			return p.w.WriteMeta(format.TypeIndex, &p.index)
+		}
+		if gap > format.MaxDiskSize {
+			return fmt.Errorf("overlay: INDEX of %d segments does not fit %d bytes; use a larger --segment-size", len(p.index.Segments), format.MaxMetaPayload)
+		}
+	}
+}
