@@ -117,7 +117,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				&cli.StringFlag{Name: "image", Usage: "raw disk image (default: the kit's rootfs.img); never written", Destination: &lo.Image},
 				&cli.StringFlag{Name: "kernel", Usage: "kernel (default: the kit's vmlinuz)", Destination: &lo.Kernel},
 				&cli.StringFlag{Name: "initrd", Usage: "initrd (default: the kit's initrd.img)", Destination: &lo.Initrd},
-				&cli.StringFlag{Name: "append", Usage: "kernel command line", Value: "console=ttyS0 root=/dev/vda rw quiet", Destination: &lo.Append},
+				&cli.StringFlag{Name: "append", Usage: "kernel command line", Value: vm.KitAppend, Destination: &lo.Append},
 				&cli.IntFlag{Name: "mem", Usage: "guest RAM in MiB", Value: 256, Destination: &lo.MemMiB},
 			}, common...),
 			Action: func(c *cli.Context) error {

@@ -24,7 +24,7 @@ import (
 const ReadyMarker = "CLOUDLET-GUEST-READY"
 
 // DefaultAppend is the kernel command line Boot uses.
-const DefaultAppend = "console=ttyS0 root=/dev/vda rw quiet"
+const DefaultAppend = vm.KitAppend
 
 // Manifest is the kit's manifest.json.
 type Manifest struct {

@@ -36,7 +36,12 @@ while :; do
 	echo "cloudlet-initrd: $root missing, retrying module load ($tries)"
 done
 
-if ! mount -t ext4 -o rw "$root" /newroot; then
+# Deleted files' blocks are discarded (TRIM) so they read as zero in the
+# VM's qcow2 top layer and never enter an overlay; cloudlet.nodiscard on the
+# kernel command line turns that off (to measure what it saves).
+opts=rw,discard
+grep -qw cloudlet.nodiscard /proc/cmdline && opts=rw
+if ! mount -t ext4 -o "$opts" "$root" /newroot; then
 	echo "cloudlet-initrd: ERROR: cannot mount $root; dropping to a shell"
 	exec sh
 fi
