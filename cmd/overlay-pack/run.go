@@ -2,10 +2,67 @@ package main
 
 import (
 	"context"
-	"errors"
 	"io"
+
+	"cloudlet/format"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/overlay"
+
+	"github.com/urfave/cli/v2"
 )
 
+const description = `Reads a diff stream (the output of mem-diff and disk-diff) on stdin and
+writes an overlay on stdout: the same records, in the same order, grouped
+into segments of --segment-size raw bytes that are compressed independently
+on all cores, then an INDEX of the segments and an END with the sha256 of
+the overlay. overlay-apply turns it back into a diff stream on the cloudlet.
+
+--codec auto compresses the first segment with zstd and xz and keeps the one
+for which (compressed size / --bandwidth) + (raw size / decode speed) is
+smaller, with decode speeds of 1384 MB/s for zstd and 16.5 MB/s for xz: xz
+only wins on slow links.
+
+   vm-capture --qmp run/qmp.sock | mem-diff --base B | disk-diff --base B \
+     | overlay-pack --codec auto --bandwidth 20 > app.overlay`
+
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return errors.New("not implemented yet")
+	var o overlay.PackOptions
+	var force bool
+	app := cliutil.NewApp("overlay-pack", "compress a diff stream into an overlay",
+		"overlay-pack [--codec zstd|xz|auto] [--level N] [--segment-size BYTES] < diff > app.overlay", description,
+		[]cli.Flag{
+			&cli.StringFlag{Name: "codec", Value: "zstd", Usage: "segment codec: zstd, xz or auto (see below)", EnvVars: []string{"CLOUDLET_CODEC"}, Destination: &o.Codec},
+			&cli.IntFlag{Name: "level", Value: 3, Usage: "compression level, 1-19 (zstd: 1-2 fastest, 3-5 default, 6-9 better, 10+ best; xz: ignored)", Destination: &o.Level},
+			&cli.IntFlag{Name: "segment-size", Value: overlay.DefaultSegmentSize, Usage: "raw bytes per segment, 65536-16777216", Destination: &o.SegmentSize},
+			&cli.Float64Flag{Name: "bandwidth", Value: overlay.DefaultBandwidth, Usage: "link speed in Mbit/s that --codec auto plans for", EnvVars: []string{"CLOUDLET_BANDWIDTH"}, Destination: &o.Bandwidth},
+			&cli.IntFlag{Name: "workers", Usage: "compression workers (default: all cores)", Destination: &o.Workers},
+			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
+		},
+		func(c *cli.Context) error {
+			if err := cliutil.NoArgs(c); err != nil {
+				return err
+			}
+			if o.Level < 1 || o.Level > 19 {
+				return cliutil.Usagef("--level %d: want 1-19", o.Level)
+			}
+			if o.SegmentSize < overlay.MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw {
+				return cliutil.Usagef("--segment-size %d: want %d-%d bytes", o.SegmentSize, overlay.MinSegmentSize, format.MaxSegmentRaw)
+			}
+			if o.Bandwidth <= 0 {
+				return cliutil.Usagef("--bandwidth %g: want a positive number of Mbit/s", o.Bandwidth)
+			}
+			switch o.Codec {
+			case "zstd", "xz", "auto":
+			default:
+				return cliutil.Usagef("--codec %q: want zstd, xz or auto", o.Codec)
+			}
+			if err := cliutil.CheckStdout(stdout, force); err != nil {
+				return err
+			}
+			o.Log = stderr
+			return cliutil.Filter("overlay-pack", stdin, stdout, func(r *format.Reader, w *format.Writer) error {
+				return overlay.Pack(c.Context, r, w, o)
+			})
+		}, stdin, stderr)
+	return app.RunContext(ctx, args)
 }

@@ -119,7 +119,7 @@ func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions
 	if err := w.WriteHeader(&out); err != nil {
 		return err
 	}
-	p := &packer{ctx: ctx, o: &o, w: w, jobs: make(chan *packJob, 2*o.Workers+2)}
+	p := &packer{ctx: ctx, o: &o, w: w, jobs: make(chan *packJob, o.Workers+2)}
 	if o.Codec != "auto" {
 		p.codec, _ = codec.Parse(o.Codec)
 	}
@@ -194,7 +194,7 @@ func (p *packer) buffer() []byte {
 
 func (p *packer) worker() {
 	for j := range p.jobs {
-		j.comp, j.err = codec.Compress(j.codec, p.o.Level, nil, j.raw)
+		j.comp, j.err = codec.Compress(j.codec, p.o.Level, j.comp, j.raw)
 		close(j.done)
 	}
 }
@@ -216,6 +216,7 @@ func (p *packer) submit(j *packJob) error {
 		}
 	}
 	j.codec = p.codec
+	j.comp = p.buffer()
 	p.pending = append(p.pending, j)
 	p.jobs <- j
 	return nil
@@ -274,7 +275,7 @@ func (p *packer) writeOldest() error {
 		Offset: off, Size: uint64(len(j.comp)), Raw: uint64(len(j.raw)), Check: check,
 		Mem: j.rng.mem.normalize(0), Disk: j.rng.disk.normalize(0),
 	})
-	p.free = append(p.free, j.raw)
+	p.free = append(p.free, j.raw, j.comp)
 	return nil
 }
 
