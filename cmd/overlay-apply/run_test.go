@@ -91,7 +91,7 @@ func TestWrongBase(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(dir, f))
 		os.WriteFile(filepath.Join(other, f), b, 0o644)
 	}
-	os.WriteFile(filepath.Join(other, "base.json"), []byte(`{"id": "`+strings.Repeat("ef", 32)+`"}`), 0o644)
+	base.WriteMeta(other, &base.Meta{ID: strings.Repeat("ef", 32), VM: format.VMDesc{Machine: "pc", CPU: "qemu64", MemSize: 1 << 20, DiskSize: 1 << 20}})
 	var out, errb bytes.Buffer
 	err := run(context.Background(), []string{"overlay-apply", "--base", other}, bytes.NewReader(ov), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), baseID) || !strings.Contains(err.Error(), other) {
