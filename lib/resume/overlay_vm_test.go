@@ -1,0 +1,140 @@
+package resume
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"cloudlet/format"
+	"cloudlet/lib/base"
+	"cloudlet/lib/capture"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/diff"
+	"cloudlet/lib/guesttest"
+	"cloudlet/lib/instance"
+	"cloudlet/lib/overlay"
+	"cloudlet/lib/vm"
+)
+
+// stage runs one in-process pipeline stage from in to a buffer.
+func stage(t testing.TB, name string, in io.Reader, fn func(r *format.Reader, w *format.Writer) error) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	if err := cliutil.Filter(name, in, &out, fn); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return out.Bytes()
+}
+
+// makeOverlay captures a VM resumed from bdir and turns it into an overlay:
+// vm-capture | mem-diff | disk-diff | overlay-pack, with dedup and deltas.
+func makeOverlay(t testing.TB, capt io.Reader, bdir, codec string) []byte {
+	open := func(string) (*base.Base, error) { return base.Open(bdir) }
+	opt := diff.Options{Delta: diff.DeltaXOR}
+	d1 := stage(t, "mem-diff", capt, func(r *format.Reader, w *format.Writer) error {
+		_, err := diff.Run(r, w, diff.Config{Stage: "mem-diff", Space: format.SpaceMem, Options: opt, Open: open})
+		return err
+	})
+	d2 := stage(t, "disk-diff", bytes.NewReader(d1), func(r *format.Reader, w *format.Writer) error {
+		_, err := diff.Run(r, w, diff.Config{Stage: "disk-diff", Space: format.SpaceDisk, Options: opt, Open: open})
+		return err
+	})
+	return stage(t, "overlay-pack", bytes.NewReader(d2), func(r *format.Reader, w *format.Writer) error {
+		return overlay.Pack(context.Background(), r, w, overlay.PackOptions{Codec: codec})
+	})
+}
+
+func applyAndResume(ctx context.Context, ov []byte, bdir string, so StreamOptions) (string, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		err := cliutil.Filter("overlay-apply", bytes.NewReader(ov), pw, func(r *format.Reader, w *format.Writer) error {
+			return overlay.Apply(ctx, r, w, func(id string) (overlay.Base, error) { return base.Locate(bdir, "", id) }, overlay.ApplyOptions{})
+		})
+		pw.CloseWithError(err)
+	}()
+	so.BaseDir = bdir
+	info, err := FromStream(ctx, format.NewReader(pr), so)
+	io.Copy(io.Discard, pr)
+	if err != nil {
+		return "", err
+	}
+	return info.RunDir, nil
+}
+
+// TestOverlayRoundTrip: capture -> diff -> pack -> apply -> resume on the
+// real guest, per codec; then damaged overlays and a wrong base fail before
+// any guest runs and leave the base unchanged and nothing behind.
+func TestOverlayRoundTrip(t *testing.T) {
+	kit := guesttest.Kit(t)
+	bdir := makeBase(t, kit)
+	b, err := base.Open(bdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	so := StreamOptions{Options: Options{Name: "t", Accel: os.Getenv("CLOUDLET_ACCEL")}, KitDirs: []string{kit.Dir}}
+	so.RunDir = runDir(t, "b")
+	info, err := FromBase(context.Background(), bdir, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attach(t, info, false)
+	v.con.Send("\n")
+	files, mem := prepare(v, 4)
+	before := counter(v)
+	full, err := io.ReadAll(captureTo(t, info, capture.Quit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlays := map[string][]byte{}
+	for _, codec := range []string{"zstd", "xz"} {
+		ov := makeOverlay(t, bytes.NewReader(full), bdir, codec)
+		overlays[codec] = ov
+		t.Logf("%s overlay: %d bytes (full capture %d bytes)", codec, len(ov), len(full))
+		port := guesttest.FreePort(t)
+		so.RunDir, so.Forwards = runDir(t, "o"+codec), []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}
+		run, err := applyAndResume(context.Background(), ov, bdir, so)
+		if err != nil {
+			t.Fatalf("%s: %v", codec, err)
+		}
+		ri, _ := readInfo(run)
+		check(t, attach(t, ri, false), 4, files, mem, before, port)
+		Stop(context.Background(), run)
+	}
+
+	ov := overlays["zstd"]
+	flipped := bytes.Clone(ov)
+	flipped[len(ov)/3] ^= 0x01
+	other := makeBase(t, kit) // a different base (different memory)
+	for name, tc := range map[string]struct {
+		ov   []byte
+		base string
+		want string
+	}{
+		"flipped byte": {flipped, bdir, "checksum"},
+		"truncated":    {ov[:len(ov)/2], bdir, "unexpected EOF"},
+		"wrong base":   {ov, other, "wrong base"},
+	} {
+		dir := runDir(t, "bad")
+		so.RunDir, so.Forwards = dir, nil
+		_, err := applyAndResume(context.Background(), tc.ov, tc.base, so)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v; want %q", name, err, tc.want)
+		}
+		if _, serr := os.Stat(dir); serr == nil {
+			t.Errorf("%s: run folder left behind", name)
+		}
+		if out, _ := exec.Command("pgrep", "-f", dir).Output(); len(out) > 0 {
+			t.Errorf("%s: QEMU left running: %s", name, out)
+		}
+	}
+	if err := b.Verify(); err != nil {
+		t.Errorf("base changed: %v", err)
+	}
+}
+
+func readInfo(dir string) (*instance.Info, error) { return instance.Read(dir) }
