@@ -36,11 +36,13 @@ func makeOverlay(t testing.TB, capt io.Reader, bdir, codec string) []byte {
 	open := func(string) (*base.Base, error) { return base.Open(bdir) }
 	opt := diff.Options{Delta: diff.DeltaXOR}
 	d1 := stage(t, "mem-diff", capt, func(r *format.Reader, w *format.Writer) error {
-		_, err := diff.Run(r, w, diff.Config{Stage: "mem-diff", Space: format.SpaceMem, Options: opt, Open: open})
+		st, err := diff.Run(r, w, diff.Config{Stage: "mem-diff", Space: format.SpaceMem, Options: opt, Open: open})
+		t.Logf("mem-diff: %+v", st)
 		return err
 	})
 	d2 := stage(t, "disk-diff", bytes.NewReader(d1), func(r *format.Reader, w *format.Writer) error {
-		_, err := diff.Run(r, w, diff.Config{Stage: "disk-diff", Space: format.SpaceDisk, Options: opt, Open: open})
+		st, err := diff.Run(r, w, diff.Config{Stage: "disk-diff", Space: format.SpaceDisk, Options: opt, Open: open})
+		t.Logf("disk-diff: %+v", st)
 		return err
 	})
 	return stage(t, "overlay-pack", bytes.NewReader(d2), func(r *format.Reader, w *format.Writer) error {

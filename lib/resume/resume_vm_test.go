@@ -73,17 +73,17 @@ func runDir(t testing.TB, name string) string {
 }
 
 func launch(t testing.TB, kit guesttest.GuestKit, port int) *vmT {
-	return launchOpt(t, kit, 256, []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}})
+	return launchOpt(t, kit, 256, []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}, guesttest.DefaultAppend)
 }
 
 func launchMem(t testing.TB, kit guesttest.GuestKit, memMiB int) *vmT {
-	return launchOpt(t, kit, memMiB, nil)
+	return launchOpt(t, kit, memMiB, nil, guesttest.DefaultAppend)
 }
 
-func launchOpt(t testing.TB, kit guesttest.GuestKit, memMiB int, fwd []vm.Forward) *vmT {
+func launchOpt(t testing.TB, kit guesttest.GuestKit, memMiB int, fwd []vm.Forward, appendLine string) *vmT {
 	info, err := Launch(context.Background(), LaunchOptions{
 		Options: Options{Name: "t", RunDir: runDir(t, "l"), Accel: os.Getenv("CLOUDLET_ACCEL"), Forwards: fwd},
-		Image:   kit.Rootfs, Kernel: kit.Kernel, Initrd: kit.Initrd, Append: guesttest.DefaultAppend, MemMiB: memMiB,
+		Image:   kit.Rootfs, Kernel: kit.Kernel, Initrd: kit.Initrd, Append: appendLine, MemMiB: memMiB,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +191,13 @@ func TestCaptureResumeFull(t *testing.T) {
 
 // makeBase launches the kit guest and captures it into a base folder.
 func makeBase(t testing.TB, kit guesttest.GuestKit) string {
-	v := launch(t, kit, guesttest.FreePort(t))
+	return makeBaseAppend(t, kit, guesttest.DefaultAppend)
+}
+
+// makeBaseAppend makes a base whose guest booted with kernel command line
+// appendLine.
+func makeBaseAppend(t testing.TB, kit guesttest.GuestKit, appendLine string) string {
+	v := launchOpt(t, kit, 256, nil, appendLine)
 	v.run("sync")
 	dir := filepath.Join(t.TempDir(), "base")
 	if _, err := base.Create(dir, format.NewReader(captureTo(t, v.info, capture.Quit)),

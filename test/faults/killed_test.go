@@ -1,0 +1,209 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// relay copies src to dst like a pipe, sending sig to victim once after
+// bytes were copied, and closes dst at the end of src. It returns how many
+// bytes it copied. Write errors (the reader died) are ignored: src is
+// drained so the writer is not blocked.
+func relay(src io.Reader, dst io.WriteCloser, after int64, victim *exec.Cmd, sig syscall.Signal) int64 {
+	var n int64
+	sent := false
+	buf := make([]byte, 32<<10)
+	for {
+		k, err := src.Read(buf)
+		if k > 0 {
+			dst.Write(buf[:k])
+			n += int64(k)
+		}
+		if !sent && n >= after {
+			victim.Process.Signal(sig)
+			sent = true
+		}
+		if err != nil {
+			break
+		}
+	}
+	dst.Close()
+	return n
+}
+
+type stageRun struct {
+	name string
+	cmd  *exec.Cmd
+	err  bytes.Buffer
+	rc   int
+}
+
+func (f *fixture) stage(ctx context.Context, tmp, name string, args ...string) *stageRun {
+	s := &stageRun{name: name, cmd: f.cmd(ctx, tmp, name, args...)}
+	s.cmd.Stderr = &s.err
+	return s
+}
+
+func (s *stageRun) msg() string { return firstLine(s.err.String()) }
+
+// killPipeline runs up -> relay -> down..., signalling up after `after`
+// bytes went through the relay. in feeds up. It returns the stages after
+// they exited.
+func killPipeline(t *testing.T, in io.Reader, up *stageRun, after int64, sig syscall.Signal, down ...*stageRun) int64 {
+	t.Helper()
+	up.cmd.Stdin = in
+	upOut, err := up.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := down[0].cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(down); i++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		down[i].cmd.Stdout, down[i+1].cmd.Stdin = w, r
+		defer w.Close()
+		defer r.Close()
+	}
+	down[len(down)-1].cmd.Stdout = io.Discard
+	for _, s := range append([]*stageRun{up}, down...) {
+		if err := s.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i+1 < len(down); i++ { // the parent's copies of the pipes
+		down[i].cmd.Stdout.(*os.File).Close()
+		down[i+1].cmd.Stdin.(*os.File).Close()
+	}
+	n := relay(upOut, first, after, up.cmd, sig)
+	for _, s := range append([]*stageRun{up}, down...) {
+		s.rc = exitCode(s.cmd.Wait())
+		t.Logf("%s: exit %d: %s", s.name, s.rc, s.msg())
+	}
+	return n
+}
+
+// TestKilledStages kills one stage mid-stream (SIGKILL or SIGTERM) and
+// checks that the next stage says which stage failed, exits non-zero, and
+// that nothing is left: no run folder, no temporary file, no QEMU.
+func TestKilledStages(t *testing.T) {
+	f := getFixture(t)
+	open := func(p string) *os.File {
+		fi, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fi.Close() })
+		return fi
+	}
+	check := func(t *testing.T, dir, run, tmp string) {
+		t.Helper()
+		for _, l := range f.lost(dir, run, tmp) {
+			t.Errorf("LOST: %s", l)
+		}
+	}
+	wantIn := func(t *testing.T, s *stageRun, subs ...string) {
+		t.Helper()
+		if s.rc == 0 {
+			t.Errorf("%s exited 0; want a failure", s.name)
+		}
+		for _, sub := range subs {
+			if !strings.Contains(s.err.String(), sub) {
+				t.Errorf("%s said %q; want %q in it", s.name, s.msg(), sub)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run("overlay-pack "+sig.String(), func(t *testing.T) {
+			dir, run, tmp := f.newCase(t)
+			pack := f.stage(ctx, tmp, "overlay-pack", "--segment-size", "65536")
+			apply := f.stage(ctx, tmp, "overlay-apply", "--base", f.baseA)
+			resume := f.stage(ctx, tmp, "vm-resume", "--base", f.baseA, "--kit", f.kit.Dir, "--run-dir", run, "--accel", accel())
+			n := killPipeline(t, open(f.diff), pack, int64(len(f.ov)/3), sig, apply, resume)
+			t.Logf("%d overlay bytes passed before and after the signal", n)
+			if sig == syscall.SIGKILL {
+				wantIn(t, apply, "unexpected EOF")
+			} else {
+				wantIn(t, apply, "upstream overlay-pack failed")
+			}
+			wantIn(t, resume, "overlay-")
+			check(t, dir, run, tmp)
+		})
+		t.Run("overlay-apply "+sig.String(), func(t *testing.T) {
+			dir, run, tmp := f.newCase(t)
+			apply := f.stage(ctx, tmp, "overlay-apply", "--base", f.baseA)
+			resume := f.stage(ctx, tmp, "vm-resume", "--base", f.baseA, "--kit", f.kit.Dir, "--run-dir", run, "--accel", accel())
+			killPipeline(t, open(f.ovPath), apply, 2<<20, sig, resume)
+			if sig == syscall.SIGKILL {
+				wantIn(t, resume, "unexpected EOF")
+			} else {
+				wantIn(t, resume, "upstream overlay-apply failed")
+			}
+			check(t, dir, run, tmp)
+		})
+		t.Run("mem-diff "+sig.String(), func(t *testing.T) {
+			dir, run, tmp := f.newCase(t)
+			md := f.stage(ctx, tmp, "mem-diff", "--base", f.baseA)
+			dd := f.stage(ctx, tmp, "disk-diff", "--base", f.baseA)
+			killPipeline(t, open(f.full1), md, 1<<20, sig, dd)
+			if sig == syscall.SIGKILL {
+				wantIn(t, dd, "unexpected EOF")
+			} else {
+				wantIn(t, dd, "upstream mem-diff failed")
+			}
+			check(t, dir, run, tmp)
+		})
+	}
+
+	// vm-capture of a running VM, killed mid-capture.
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run("vm-capture "+sig.String(), func(t *testing.T) {
+			dir, _, tmp := f.newCase(t)
+			vmRun := filepath.Join(dir, "vm")
+			if err := f.resumeBase(vmRun); err != nil {
+				t.Fatal(err)
+			}
+			defer f.stop(vmRun)
+			capt := f.stage(ctx, tmp, "vm-capture", "--run", vmRun, "--quit")
+			md := f.stage(ctx, tmp, "mem-diff", "--base", f.baseA)
+			dd := f.stage(ctx, tmp, "disk-diff", "--base", f.baseA)
+			killPipeline(t, nil, capt, 4<<20, sig, md, dd)
+			if sig == syscall.SIGKILL {
+				wantIn(t, md, "unexpected EOF")
+			} else {
+				wantIn(t, md, "upstream vm-capture failed")
+			}
+			wantIn(t, dd)
+			// The VM belongs to its run folder: it must still be there to
+			// stop (or be gone with its folder), never an orphan.
+			pids, _ := exec.Command("pgrep", "-f", vmRun).Output()
+			_, serr := os.Stat(vmRun)
+			t.Logf("after the killed capture: run folder present %v, QEMU pids %q", serr == nil, strings.TrimSpace(string(pids)))
+			if len(bytes.TrimSpace(pids)) > 0 && serr != nil {
+				t.Errorf("QEMU %s runs but its run folder %s is gone: orphaned", pids, vmRun)
+			}
+			f.stop(vmRun)
+			time.Sleep(500 * time.Millisecond)
+			if out, _ := exec.Command("pgrep", "-f", vmRun).Output(); len(bytes.TrimSpace(out)) > 0 {
+				t.Errorf("QEMU %s still runs after vm-resume stop", out)
+			}
+			check(t, dir, filepath.Join(dir, "none"), tmp)
+		})
+	}
+	f.verifyBase(t)
+}
