@@ -97,7 +97,7 @@ func mapFile(path string, size int64) ([]byte, error) {
 	if size == 0 {
 		return nil, nil
 	}
-	return syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
+	return syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED|mapFlags)
 }
 
 // ID returns the base ID.
@@ -183,3 +183,8 @@ func FileSHA256(path string) (string, error) {
 	s, err := fileSHA(path)
 	return hex.EncodeToString(s), err
 }
+
+// mapFlags are extra mmap flags for base files: MAP_POPULATE maps every
+// page up front in one pass, far cheaper than one page fault per 4 KiB
+// page when a diff stage reads all of them (and they are in the page cache).
+var mapFlags = syscall.MAP_POPULATE
