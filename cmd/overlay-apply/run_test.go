@@ -118,11 +118,13 @@ func TestUsage(t *testing.T) {
 			t.Errorf("overlay-apply %v = %v (exit %d), %d bytes on stdout; want a usage error, no output", args, err, cliutil.ExitCode(err), out.Len())
 		}
 	}
-	tty, err := os.OpenFile("/dev/null", os.O_WRONLY, 0)
+	tty, master, err := cliutil.OpenTerminal()
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	defer tty.Close()
+	defer master.Close()
+	go io.Copy(io.Discard, master)
 	var errb bytes.Buffer
 	if err := run(context.Background(), []string{"overlay-apply", "--base", dir}, bytes.NewReader(ov), tty, &errb); err == nil || !strings.Contains(err.Error(), "terminal") {
 		t.Errorf("overlay-apply to a terminal = %v; want a refusal", err)

@@ -10,6 +10,7 @@ import (
 	"cloudlet/lib/capture"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/resume"
 
 	"github.com/urfave/cli/v2"
 )
@@ -26,14 +27,15 @@ comes through QEMU's migration stream.
    vm-capture --run RUN --quit | mem-diff | disk-diff | overlay-pack > app.overlay
    vm-capture --run RUN --resume > snapshot.stream
 
-Afterwards the VM stays paused, unless --resume or --quit. A stream is
+Afterwards the VM stays paused, unless --resume or --quit (which, for a
+--run VM, also removes its run folder once the capture is complete). A stream is
 written only from a migration QEMU reports as completed; if the capture
 fails midway, the stream ends with an ERROR record that the next stage
 reports.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var runDir, qmp, diskTop string
-	var resume, quit, stats bool
+	var resumeVM, quit, stats bool
 	var fwds cli.StringSlice
 	app := cliutil.NewApp("vm-capture", "capture a running QEMU VM as a full cloudlet stream",
 		"vm-capture (--run DIR | --qmp SOCK [--disk TOP]) [--resume | --quit] > stream", description,
@@ -42,7 +44,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp},
 			&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp)", Destination: &diskTop},
 			&cli.StringSliceFlag{Name: "forward", Usage: "port forward to record for a --qmp VM, tcp:HOST:GUEST", Destination: &fwds},
-			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resume},
+			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resumeVM},
 			&cli.BoolFlag{Name: "quit", Usage: "end the VM after the capture", Destination: &quit},
 			&cli.BoolFlag{Name: "stats", Usage: "print capture figures as JSON on stderr", Destination: &stats},
 			cliutil.ForceFlag,
@@ -54,7 +56,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if (runDir == "") == (qmp == "") {
 				return cliutil.Usagef("give exactly one of --run DIR or --qmp SOCK")
 			}
-			if resume && quit {
+			if resumeVM && quit {
 				return cliutil.Usagef("--resume and --quit exclude each other")
 			}
 			if err := cliutil.CheckStdout(stdout, c.Bool("force")); err != nil {
@@ -68,7 +70,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				opt.Forwards = append(opt.Forwards, fw)
 			}
-			if resume {
+			if resumeVM {
 				opt.After = capture.Resume
 			} else if quit {
 				opt.After = capture.Quit
@@ -89,6 +91,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if stats {
 				b, _ := json.Marshal(st)
 				fmt.Fprintln(stderr, string(b))
+			}
+			if quit && runDir != "" {
+				// The VM is gone; its run folder (RAM file included) is of no use.
+				return resume.Stop(ctx, runDir)
 			}
 			return nil
 		}, stdin, stderr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -50,7 +51,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "instance name", Value: "cloudlet", Destination: &o.Name},
 		&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir},
-		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:HOSTPORT:GUESTPORT (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
+		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:[ADDR:]HOSTPORT:GUESTPORT, ADDR default 127.0.0.1 (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
 		&cli.StringFlag{Name: "accel", Usage: "auto, kvm or tcg", Value: "auto", EnvVars: []string{"CLOUDLET_ACCEL"}, Destination: &o.Accel},
 		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless", Destination: &o.VNC},
 		&cli.BoolFlag{Name: "wait", Usage: "stay in the foreground until the VM exits, then remove its run folder", Destination: &wait},
@@ -169,15 +170,23 @@ func wasAfterDashDash(args []string) bool {
 
 func parseForward(s string) (vm.Forward, error) {
 	parts := strings.Split(s, ":")
+	addr := ""
+	if len(parts) == 4 {
+		addr = parts[1]
+		parts = []string{parts[0], parts[2], parts[3]}
+		if ip := net.ParseIP(addr); ip == nil || ip.To4() == nil {
+			return vm.Forward{}, cliutil.Usagef("--forward %q: %q is not an IPv4 address to listen on", s, addr)
+		}
+	}
 	if len(parts) != 3 || (parts[0] != "tcp" && parts[0] != "udp") {
-		return vm.Forward{}, cliutil.Usagef("--forward %q: want tcp:HOSTPORT:GUESTPORT (the original's -redir tcp:8080::80 is tcp:8080:80)", s)
+		return vm.Forward{}, cliutil.Usagef("--forward %q: want tcp:HOSTPORT:GUESTPORT or tcp:ADDR:HOSTPORT:GUESTPORT (the original's -redir tcp:8080::80 is tcp:8080:80)", s)
 	}
 	h, err1 := strconv.Atoi(parts[1])
 	g, err2 := strconv.Atoi(parts[2])
-	if err1 != nil || err2 != nil || h < 0 || h > 65535 || g < 1 || g > 65535 {
+	if err1 != nil || err2 != nil || h < 1 || h > 65535 || g < 1 || g > 65535 {
 		return vm.Forward{}, cliutil.Usagef("--forward %q: ports must be numbers 1-65535", s)
 	}
-	return vm.Forward{Proto: parts[0], HostPort: h, GuestPort: g}, nil
+	return vm.Forward{Proto: parts[0], HostAddr: addr, HostPort: h, GuestPort: g}, nil
 }
 
 // waitFor stays until the VM exits (or a signal), then cleans up.

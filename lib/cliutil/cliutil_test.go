@@ -1,0 +1,74 @@
+package cliutil
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+
+	"cloudlet/format"
+)
+
+func TestExitCode(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, ExitOK},
+		{errors.New("x"), ExitFailure},
+		{Usagef("bad flag"), ExitUsage},
+		{&format.CorruptError{Err: format.ErrChecksum}, ExitCorrupt},
+		{fmt.Errorf("wrapped: %w", &format.UpstreamError{Stage: "vm-capture", Message: "m"}), ExitUpstream},
+		{context.Canceled, ExitInterrupted},
+	} {
+		if got := ExitCode(tc.err); got != tc.want {
+			t.Errorf("ExitCode(%v) = %d; want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	term, master, err := OpenTerminal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	defer term.Close()
+	if !IsTerminal(term) || CheckStdout(term, false) == nil || CheckStdout(term, true) != nil {
+		t.Errorf("a pty is not refused as a terminal (or --force does not override)")
+	}
+	null, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	defer null.Close()
+	if IsTerminal(null) || CheckStdout(null, false) != nil {
+		t.Errorf("/dev/null is taken for a terminal")
+	}
+}
+
+// A stage that fails after it started writing tells the next stage in-band.
+func TestFilterInBandError(t *testing.T) {
+	var in bytes.Buffer
+	w := format.NewWriter(&in)
+	w.WriteHeader(&format.Header{Kind: format.KindFull, VM: format.VMDesc{Machine: "pc", CPU: "qemu64", MemSize: 4096}})
+	w.Close()
+	var out bytes.Buffer
+	err := Filter("mem-diff", &in, &out, func(r *format.Reader, w *format.Writer) error {
+		h, _ := r.Header()
+		w.WriteHeader(h)
+		return errors.New("disk full")
+	})
+	if err == nil {
+		t.Fatal("Filter returned nil for a failing stage")
+	}
+	r := format.NewReader(&out)
+	_, err = r.Next()
+	var up *format.UpstreamError
+	if !errors.As(err, &up) || up.Stage != "mem-diff" || up.Message != "disk full" {
+		t.Errorf("next stage sees %v; want upstream mem-diff failed: disk full", err)
+	}
+	if err == io.EOF {
+		t.Errorf("stream ended cleanly after a failure")
+	}
+}
