@@ -45,33 +45,37 @@ type Type uint8
 
 // Record types (SPEC.md section 2).
 const (
-	TypeHeader   Type = 0x01
-	TypeDevState Type = 0x02
-	TypeMem      Type = 0x10
-	TypeMemZero  Type = 0x11
-	TypeDisk     Type = 0x20
-	TypeDiskZero Type = 0x21
-	TypeCopy     Type = 0x30
-	TypeDelta    Type = 0x31
-	TypeSegment  Type = 0x40
-	TypeIndex    Type = 0x41
-	TypeError    Type = 0x7E
-	TypeEnd      Type = 0x7F
+	TypeHeader    Type = 0x01
+	TypeDevState  Type = 0x02
+	TypeMem       Type = 0x10
+	TypeMemZero   Type = 0x11
+	TypeDisk      Type = 0x20
+	TypeDiskZero  Type = 0x21
+	TypeCopy      Type = 0x30
+	TypeDelta     Type = 0x31
+	TypeSegment   Type = 0x40
+	TypeIndex     Type = 0x41
+	TypeSigner    Type = 0x42 // SPEC.md section 6.1
+	TypeSignature Type = 0x43
+	TypeError     Type = 0x7E
+	TypeEnd       Type = 0x7F
 )
 
 var typeNames = map[Type]string{
-	TypeHeader:   "HEADER",
-	TypeDevState: "DEVSTATE",
-	TypeMem:      "MEM",
-	TypeMemZero:  "MEM_ZERO",
-	TypeDisk:     "DISK",
-	TypeDiskZero: "DISK_ZERO",
-	TypeCopy:     "COPY",
-	TypeDelta:    "DELTA",
-	TypeSegment:  "SEGMENT",
-	TypeIndex:    "INDEX",
-	TypeError:    "ERROR",
-	TypeEnd:      "END",
+	TypeHeader:    "HEADER",
+	TypeDevState:  "DEVSTATE",
+	TypeMem:       "MEM",
+	TypeMemZero:   "MEM_ZERO",
+	TypeDisk:      "DISK",
+	TypeDiskZero:  "DISK_ZERO",
+	TypeCopy:      "COPY",
+	TypeDelta:     "DELTA",
+	TypeSegment:   "SEGMENT",
+	TypeIndex:     "INDEX",
+	TypeSigner:    "SIGNER",
+	TypeSignature: "SIGNATURE",
+	TypeError:     "ERROR",
+	TypeEnd:       "END",
 }
 
 // String returns the SPEC.md name of t, or TYPE_0xNN for unknown types.
@@ -87,7 +91,7 @@ func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
 
 // DefaultFlags returns the flags the Writer sets for a known type.
 func (t Type) DefaultFlags() uint8 {
-	if t == TypeIndex || !t.Known() {
+	if t == TypeIndex || t == TypeSigner || t == TypeSignature || !t.Known() {
 		return 0
 	}
 	return FlagCritical

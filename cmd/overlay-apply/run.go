@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 
 	"cloudlet/format"
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/overlay"
+	"cloudlet/lib/sign"
 
 	"github.com/urfave/cli/v2"
 )
@@ -27,20 +29,31 @@ the overlay's END (digest and sha256) verified; on any error the output
 ends in an ERROR record, so vm-resume never starts a guest from a corrupt
 overlay.
 
+--trusted-keys DIR checks signatures (overlay-pack --sign): every *.pub file
+in DIR (from overlay-keygen) is a trusted key. A signed overlay whose signer
+is not trusted is refused before its HEADER is used; a signature that does
+not verify, a stripped, moved or duplicated signature are refused before the
+output's END, so vm-resume never starts that guest. --require-signature
+also refuses unsigned overlays, before reading past their HEADER. Without
+--trusted-keys, signatures are not checked.
+
    ssh cloudlet overlay-apply --catalog /var/lib/cloudlet/bases.json \
      < app.overlay | vm-resume ...`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var dir, catalog string
 	var o overlay.ApplyOptions
-	var force bool
+	var force, require bool
+	var trusted string
 	app := cliutil.NewApp("overlay-apply", "resolve an overlay against its base into a diff stream",
-		"overlay-apply [--base DIR | --catalog FILE] < app.overlay | vm-resume ...", description,
+		"overlay-apply [--base DIR | --catalog FILE] [--trusted-keys DIR [--require-signature]] < app.overlay | vm-resume ...", description,
 		[]cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "base folder (base.json, mem.ram, disk.img)", EnvVars: []string{"CLOUDLET_BASE"}, Destination: &dir},
 			&cli.StringFlag{Name: "catalog", Usage: "JSON list of {\"name\", \"sha256\", \"path\"} to find the base by the overlay's base ID", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog},
 			&cli.StringFlag{Name: "tmpdir", Usage: "where to put the scratch folder (default $TMPDIR)", Destination: &o.TempDir},
 			&cli.IntFlag{Name: "workers", Usage: "decompression workers (default: all cores)", Destination: &o.Workers},
+			&cli.StringFlag{Name: "trusted-keys", Usage: "folder of trusted public key files (*.pub from overlay-keygen); signed overlays must verify with one of them", EnvVars: []string{"CLOUDLET_TRUSTED_KEYS"}, Destination: &trusted},
+			&cli.BoolFlag{Name: "require-signature", Usage: "refuse overlays not signed by a trusted key (needs --trusted-keys)", EnvVars: []string{"CLOUDLET_REQUIRE_SIGNATURE"}, Destination: &require},
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
 		},
 		func(c *cli.Context) error {
@@ -49,6 +62,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}
 			if err := cliutil.CheckStdout(stdout, force); err != nil {
 				return err
+			}
+			if require && trusted == "" {
+				return cliutil.Usagef("--require-signature needs --trusted-keys DIR")
+			}
+			in := stdin
+			var v *overlay.Verifier
+			if trusted != "" {
+				ring, err := sign.LoadTrusted(trusted)
+				if err != nil {
+					return err
+				}
+				v = overlay.NewVerifier(stdin, overlay.VerifyOptions{Trusted: ring, Require: require, TrustedFrom: trusted})
+				in = v
 			}
 			var opened []*base.Base
 			defer func() {
@@ -64,8 +90,24 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				opened = append(opened, b)
 				return b, nil
 			}
-			return cliutil.Filter("overlay-apply", stdin, stdout, func(r *format.Reader, w *format.Writer) error {
-				return overlay.Apply(c.Context, r, w, open, o)
+			return cliutil.Filter("overlay-apply", in, stdout, func(r *format.Reader, w *format.Writer) error {
+				err := overlay.Apply(c.Context, r, w, open, o)
+				if v == nil {
+					return err
+				}
+				if verr := v.Err(); verr != nil {
+					return verr // the reason the input stopped
+				}
+				if err != nil {
+					return err
+				}
+				if err := v.Check(); err != nil {
+					return err
+				}
+				if k := v.Signer(); k != nil {
+					fmt.Fprintf(stderr, "overlay-apply: signature by key %s (%s) verified\n", k.ID, k.File)
+				}
+				return nil
 			})
 		}, stdin, stderr)
 	return app.RunContext(ctx, args)

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 
 	"cloudlet/format"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/overlay"
+	"cloudlet/lib/sign"
 
 	"github.com/urfave/cli/v2"
 )
@@ -22,20 +24,27 @@ for which (compressed size / --bandwidth) + (raw size / decode speed) is
 smaller, with decode speeds of 1384 MB/s for zstd and 16.5 MB/s for xz: xz
 only wins on slow links.
 
+--sign KEYFILE signs the overlay with an ed25519 private key made by
+overlay-keygen: a SIGNER record after the HEADER names the key, a SIGNATURE
+record before END signs the sha256 of everything before it (format/SPEC.md
+section 6.1). overlay-apply --trusted-keys DIR checks it.
+
    vm-capture --qmp run/qmp.sock | mem-diff --base B | disk-diff --base B \
      | overlay-pack --codec auto --bandwidth 20 > app.overlay`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var o overlay.PackOptions
 	var force bool
+	var keyFile string
 	app := cliutil.NewApp("overlay-pack", "compress a diff stream into an overlay",
-		"overlay-pack [--codec zstd|xz|auto] [--level N] [--segment-size BYTES] < diff > app.overlay", description,
+		"overlay-pack [--codec zstd|xz|auto] [--level N] [--segment-size BYTES] [--sign KEYFILE] < diff > app.overlay", description,
 		[]cli.Flag{
 			&cli.StringFlag{Name: "codec", Value: "zstd", Usage: "segment codec: zstd, xz or auto (see below)", EnvVars: []string{"CLOUDLET_CODEC"}, Destination: &o.Codec},
 			&cli.IntFlag{Name: "level", Value: 3, Usage: "compression level, 1-19 (zstd: 1-2 fastest, 3-5 default, 6-9 better, 10+ best; xz: ignored)", Destination: &o.Level},
 			&cli.IntFlag{Name: "segment-size", Value: overlay.DefaultSegmentSize, Usage: "raw bytes per segment, 65536-16777216", Destination: &o.SegmentSize},
 			&cli.Float64Flag{Name: "bandwidth", Value: overlay.DefaultBandwidth, Usage: "link speed in Mbit/s that --codec auto plans for", EnvVars: []string{"CLOUDLET_BANDWIDTH"}, Destination: &o.Bandwidth},
 			&cli.IntFlag{Name: "workers", Usage: "compression workers (default: all cores)", Destination: &o.Workers},
+			&cli.StringFlag{Name: "sign", Usage: "sign the overlay with this ed25519 private key file (from overlay-keygen)", EnvVars: []string{"CLOUDLET_SIGN_KEY"}, Destination: &keyFile},
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
 		},
 		func(c *cli.Context) error {
@@ -59,9 +68,25 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if err := cliutil.CheckStdout(stdout, force); err != nil {
 				return err
 			}
+			var key *sign.PrivateKey
+			if keyFile != "" {
+				k, err := sign.LoadPrivate(keyFile)
+				if err != nil {
+					return err
+				}
+				key = k
+			}
 			o.Log = stderr
-			return cliutil.Filter("overlay-pack", stdin, stdout, func(r *format.Reader, w *format.Writer) error {
-				return overlay.Pack(c.Context, r, w, o)
+			hw := sign.NewHashWriter(stdout)
+			return cliutil.Filter("overlay-pack", stdin, hw, func(r *format.Reader, w *format.Writer) error {
+				if key == nil {
+					return overlay.Pack(c.Context, r, w, o)
+				}
+				if err := overlay.PackSigned(c.Context, r, w, hw, o, key); err != nil {
+					return err
+				}
+				fmt.Fprintf(stderr, "overlay-pack: signed with key %s\n", key.ID)
+				return nil
 			})
 		}, stdin, stderr)
 	return app.RunContext(ctx, args)

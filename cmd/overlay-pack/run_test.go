@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
+	"cloudlet/lib/cliutil"
 	"context"
 	"io"
-	"os"
 	"strings"
 	"testing"
 
@@ -74,11 +74,13 @@ func TestUsage(t *testing.T) {
 }
 
 func TestRefuseTerminal(t *testing.T) {
-	tty, err := os.OpenFile("/dev/null", os.O_WRONLY, 0) // a character device, as a terminal is
+	tty, master, err := cliutil.OpenTerminal()
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	defer tty.Close()
+	defer master.Close()
+	go io.Copy(io.Discard, master)
 	var errb bytes.Buffer
 	err = run(context.Background(), []string{"overlay-pack"}, bytes.NewReader(diffStream(t)), tty, &errb)
 	if err == nil || !strings.Contains(err.Error(), "terminal") {

@@ -1,0 +1,234 @@
+package overlay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"cloudlet/format"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/sign"
+)
+
+func testKey(t testing.TB) *sign.PrivateKey {
+	t.Helper()
+	k, err := sign.Generate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func packSigned(t testing.TB, diff []byte, o PackOptions, k *sign.PrivateKey) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	hw := sign.NewHashWriter(&out)
+	err := cliutil.Filter("overlay-pack", bytes.NewReader(diff), hw, func(r *format.Reader, w *format.Writer) error {
+		return PackSigned(context.Background(), r, w, hw, o, k)
+	})
+	if err != nil {
+		t.Fatalf("PackSigned = %v", err)
+	}
+	return out.Bytes()
+}
+
+// applyVerified is what overlay-apply --trusted-keys does. It returns the
+// error and whether the output stream ends in a valid END (which would let
+// vm-resume start the guest).
+func applyVerified(ov []byte, b Base, vo VerifyOptions) (error, bool) {
+	var out bytes.Buffer
+	v := NewVerifier(bytes.NewReader(ov), vo)
+	opened := false
+	err := cliutil.Filter("overlay-apply", v, &out, func(r *format.Reader, w *format.Writer) error {
+		err := Apply(context.Background(), r, w, func(string) (Base, error) { opened = true; return b, nil }, ApplyOptions{})
+		if verr := v.Err(); verr != nil {
+			return verr
+		}
+		if err != nil {
+			return err
+		}
+		return v.Check()
+	})
+	r := format.NewReader(bytes.NewReader(out.Bytes()))
+	for {
+		_, rerr := r.Next()
+		if rerr == io.EOF {
+			return err, true
+		}
+		if rerr != nil {
+			_ = opened
+			return err, false
+		}
+	}
+}
+
+func ring(keys ...*sign.PrivateKey) sign.Keyring {
+	r := sign.Keyring{}
+	for _, k := range keys {
+		r[k.ID] = k.Public()
+	}
+	return r
+}
+
+func TestSignedRoundTrip(t *testing.T) {
+	wd := makeWorld(t)
+	k := testKey(t)
+	for _, o := range []PackOptions{{Codec: "zstd", SegmentSize: MinSegmentSize}, {Codec: "xz"}} {
+		ov := packSigned(t, wd.diff, o, k)
+		_, fr := frames(ov)
+		if fr[1][0] != byte(format.TypeSigner) || fr[len(fr)-2][0] != byte(format.TypeSignature) {
+			t.Fatalf("signed overlay: frame 2 is %s, frame before END is %s; want SIGNER and SIGNATURE",
+				format.Type(fr[1][0]), format.Type(fr[len(fr)-2][0]))
+		}
+		for _, vo := range []VerifyOptions{{Trusted: ring(k)}, {Trusted: ring(testKey(t), k), Require: true}} {
+			err, complete := applyVerified(ov, wd.base, vo)
+			if err != nil || !complete {
+				t.Fatalf("apply of a signed overlay = %v (complete %v); want success", err, complete)
+			}
+		}
+		// The INDEX offsets were shifted, so plain Apply (which checks the
+		// INDEX and skips the optional SIGNER and SIGNATURE) accepts it too.
+		var out bytes.Buffer
+		if err := apply(ov, wd.base, &out); err != nil {
+			t.Fatalf("apply without a policy = %v", err)
+		}
+		mem, disk, dev := replay(t, out.Bytes(), wd.base)
+		if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+			t.Errorf("signed overlay applies to a different VM")
+		}
+	}
+}
+
+// TestSignatureRefused: each way a signature can be wrong is refused with
+// the key ID in the message, and the output never ends in END.
+func TestSignatureRefused(t *testing.T) {
+	wd := makeWorld(t)
+	k, other := testKey(t), testKey(t)
+	signed := packSigned(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize}, k)
+	byOther := packSigned(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize}, other)
+	unsigned := pack(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize})
+	pre, fr := frames(signed)
+	join := func(fs ...[]byte) []byte { return bytes.Join(append([][]byte{pre}, fs...), nil) }
+	n := len(fr)
+	head, signer, segs, index, sig, end := fr[0], fr[1], fr[2:n-3], fr[n-3], fr[n-2], fr[n-1]
+	allSegs := bytes.Join(segs, nil)
+	// forged: the SIGNATURE of another key's overlay grafted on.
+	_, ofr := frames(byOther)
+	// wrongSig: the signature bytes of another overlay by the same key.
+	_, ufr := frames(packSigned(t, wd.diff, PackOptions{Codec: "xz"}, k))
+	otherSig := ufr[len(ufr)-2]
+
+	pol := VerifyOptions{Trusted: ring(k), TrustedFrom: "test"}
+	req := VerifyOptions{Trusted: ring(k), Require: true, TrustedFrom: "test"}
+	for _, tc := range []struct {
+		name   string
+		ov     []byte
+		vo     VerifyOptions
+		want   string // in the message
+		policy bool   // refused by policy rather than as altered
+	}{
+		{"wrong signature (same key, other overlay)", join(head, signer, allSegs, index, otherSig, end), pol, k.ID, false},
+		{"untrusted signer", byOther, pol, other.ID, true},
+		{"untrusted signer, required", byOther, req, other.ID, true},
+		{"signature by another key grafted", join(head, signer, allSegs, index, ofr[len(ofr)-2], end), pol, other.ID, false},
+		{"unsigned, required", unsigned, req, "unsigned", true},
+		{"SIGNATURE stripped", join(head, signer, allSegs, index, end), pol, k.ID, false},
+		{"SIGNER stripped", join(head, allSegs, index, sig, end), pol, "no SIGNER", false},
+		{"both stripped, required", join(head, allSegs, index, end), req, "unsigned", true},
+		{"SIGNATURE moved before INDEX", join(head, signer, allSegs, sig, index, end), pol, k.ID, false},
+		{"SIGNATURE moved to the front", join(head, signer, sig, allSegs, index, end), pol, k.ID, false},
+		{"SIGNATURE duplicated", join(head, signer, allSegs, index, sig, sig, end), pol, k.ID, false},
+		{"SIGNER duplicated", join(head, signer, signer, allSegs, index, sig, end), pol, k.ID, false},
+		{"SIGNER moved", join(head, segs[0], signer, bytes.Join(segs[1:], nil), index, sig, end), req, "unsigned", true},
+		{"segment dropped", join(head, signer, bytes.Join(segs[1:], nil), index, sig, end), pol, k.ID, false},
+		{"flipped bit in a segment", func() []byte {
+			b := join(head, signer, allSegs, index, sig, end)
+			b[len(pre)+len(head)+len(signer)+100] ^= 1
+			return b
+		}(), pol, "", false},
+	} {
+		err, complete := applyVerified(tc.ov, wd.base, tc.vo)
+		if err == nil || complete {
+			t.Errorf("%s: apply = %v, output complete %v; want a refusal and no END", tc.name, err, complete)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %q does not mention %q", tc.name, err, tc.want)
+		}
+		var se *SignatureError
+		if tc.want != "" && (!errors.As(err, &se) || se.Policy != tc.policy) {
+			t.Errorf("%s: error %v (%T); want a SignatureError with Policy %v", tc.name, err, err, tc.policy)
+		}
+		t.Logf("%s: %v", tc.name, err)
+	}
+}
+
+// TestRefusedEarly: unsigned (required) and untrusted overlays are refused
+// before Apply reads the HEADER: no base is opened, no output written.
+func TestRefusedEarly(t *testing.T) {
+	wd := makeWorld(t)
+	k := testKey(t)
+	unsigned := pack(t, wd.diff, PackOptions{Codec: "zstd"})
+	byOther := packSigned(t, wd.diff, PackOptions{Codec: "zstd"}, testKey(t))
+	for name, ov := range map[string][]byte{"unsigned": unsigned, "untrusted": byOther} {
+		var out bytes.Buffer
+		v := NewVerifier(bytes.NewReader(ov), VerifyOptions{Trusted: ring(k), Require: true})
+		opened := false
+		err := cliutil.Filter("overlay-apply", v, &out, func(r *format.Reader, w *format.Writer) error {
+			err := Apply(context.Background(), r, w, func(string) (Base, error) { opened = true; return wd.base, nil }, ApplyOptions{})
+			if verr := v.Err(); verr != nil {
+				return verr
+			}
+			return err
+		})
+		if err == nil || opened {
+			t.Errorf("%s: err %v, base opened %v; want a refusal before the base is opened", name, err, opened)
+		}
+		r := format.NewReader(&out)
+		if _, herr := r.Header(); herr == nil {
+			t.Errorf("%s: output has a HEADER; want only an ERROR", name)
+		}
+	}
+}
+
+func TestKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	k := testKey(t)
+	p := filepath.Join(dir, "alice")
+	if err := sign.WriteKeyPair(p, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := sign.WriteKeyPair(p, k); err == nil {
+		t.Errorf("second WriteKeyPair overwrote the key")
+	}
+	st, _ := os.Stat(p)
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("private key mode %o; want 600", st.Mode().Perm())
+	}
+	got, err := sign.LoadPrivate(p)
+	if err != nil || got.ID != k.ID || !bytes.Equal(got.Key, k.Key) {
+		t.Fatalf("LoadPrivate = %v, %v", got, err)
+	}
+	os.Chmod(p, 0o644)
+	if _, err := sign.LoadPrivate(p); err == nil {
+		t.Errorf("LoadPrivate accepted a world-readable key")
+	}
+	if _, err := sign.LoadTrusted(dir); err != nil {
+		t.Errorf("LoadTrusted = %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "bad.pub"), []byte("cloudlet-ed25519-public 0011223344556677 AAAA\n"), 0o644)
+	if _, err := sign.LoadTrusted(dir); err == nil || !strings.Contains(err.Error(), "bad.pub") {
+		t.Errorf("LoadTrusted with a bad key file = %v; want an error naming it", err)
+	}
+	if _, err := sign.LoadTrusted(t.TempDir()); err == nil {
+		t.Errorf("LoadTrusted of an empty folder = nil; want an error")
+	}
+	if len(k.ID) != 16 {
+		t.Errorf("key ID %q; want 16 hex digits", k.ID)
+	}
+}
