@@ -153,5 +153,5 @@ func sendScript(ctx context.Context, con *console.Console, stdin io.Reader) (str
 		}
 		enc = enc[n:]
 	}
-	return "base64 -d " + path + ".b64 > " + path + " && rm " + path + ".b64 && sh " + path + "; s=$?; rm -f " + path + "; exit $s", nil
+	return "base64 -d " + path + ".b64 > " + path + " && rm " + path + ".b64 && (sh " + path + "; s=$?; rm -f " + path + "; exit $s)", nil
 }
