@@ -159,6 +159,9 @@ func (e *CorruptError) Error() string {
 	if e.Frame == 0 {
 		return fmt.Sprintf("format: offset %d: %v", e.Offset, e.Err)
 	}
+	if e.Type == 0 {
+		return fmt.Sprintf("format: frame %d at offset %d: %v", e.Frame, e.Offset, e.Err)
+	}
 	return fmt.Sprintf("format: frame %d (%s) at offset %d: %v", e.Frame, e.Type, e.Offset, e.Err)
 }
 

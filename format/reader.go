@@ -63,6 +63,10 @@ func (r *Reader) fail(t Type, err error) error {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
+		if err == io.ErrUnexpectedEOF && r.hdr != nil && len(r.hdr.Producer) > 0 && !r.body {
+			last := r.hdr.Producer[len(r.hdr.Producer)-1]
+			err = fmt.Errorf("%w: the stream from %s ended without an END record (did %s fail or get killed?)", io.ErrUnexpectedEOF, last, last)
+		}
 		var up *UpstreamError
 		if errors.As(err, &up) {
 			r.err = up

@@ -103,6 +103,9 @@ func mapFile(path string, size int64) ([]byte, error) {
 // ID returns the base ID.
 func (b *Base) ID() string { return b.Meta.ID }
 
+// Sizes returns the base VM's RAM and disk sizes in bytes.
+func (b *Base) Sizes() (mem, disk uint64) { return b.Meta.VM.MemSize, b.Meta.VM.DiskSize }
+
 // Path returns the path of a file in the base folder.
 func (b *Base) Path(name string) string { return filepath.Join(b.Dir, name) }
 

@@ -114,12 +114,23 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	if err := c.SetMigrationParameters(ctx, qmpctl.UnthrottledMigration()); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "vm-capture-")
-	if err != nil {
+	// QEMU connects to a socket of ours: in the instance's run folder, or
+	// in a temporary folder removed as soon as QEMU is connected (so a
+	// killed capture leaves at most an empty folder behind for a moment).
+	var dir string
+	if opt.Instance != nil {
+		dir = opt.Instance.RunDir
+	} else if dir, err = os.MkdirTemp("", "vm-capture-"); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "migrate.sock")
+	sock := filepath.Join(dir, "capture.sock")
+	cleanupSock := func() {
+		os.Remove(sock)
+		if opt.Instance == nil {
+			os.Remove(dir)
+		}
+	}
+	defer cleanupSock()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return nil, err
@@ -132,6 +143,8 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	if err != nil {
 		return nil, fmt.Errorf("waiting for QEMU to connect the migration socket: %w", err)
 	}
+	ln.Close()
+	cleanupSock()
 	mem := newMemWriter(w, vm.MemSize)
 	var dev bytes.Buffer
 	var others []migstream.Page

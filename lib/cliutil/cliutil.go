@@ -74,6 +74,9 @@ func ExitCode(err error) int {
 // exits with ExitCode.
 func Main(name string, run RunFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A closed pipe downstream becomes an EPIPE write error, so the normal
+	// cleanup runs (temp files, QEMU) instead of a silent death by SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	err := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {

@@ -61,7 +61,7 @@ func Command(stage string, space uint8) cliutil.RunFunc {
 				var st *Stats
 				err := cliutil.Filter(stage, stdin, stdout, func(r *format.Reader, w *format.Writer) error {
 					var err error
-					st, err = Run(r, w, Config{Stage: stage, Space: space,
+					st, err = Run(r, w, Config{Ctx: ctx, Stage: stage, Space: space,
 						Options: Options{Delta: deltaMode, NoDedup: noDedup, ScratchIn: scratch},
 						Open:    func(id string) (*base.Base, error) { return base.Locate(baseDir, catalog, id) }})
 					return err

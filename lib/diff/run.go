@@ -2,6 +2,7 @@ package diff
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -227,6 +228,8 @@ func (e *Engine) gapTo(off uint64) error {
 
 // Config is what Run needs besides the streams.
 type Config struct {
+	// Ctx, when set, stops Run between records once it is done (SIGTERM).
+	Ctx     context.Context
 	Stage   string // "mem-diff" or "disk-diff", recorded in the header
 	Space   uint8  // format.SpaceMem or format.SpaceDisk
 	Options Options
@@ -286,7 +289,14 @@ func Run(r *format.Reader, w *format.Writer, cfg Config) (*Stats, error) {
 		dataT, zeroT, otherData = format.TypeDisk, format.TypeDiskZero, format.TypeMem
 	}
 	gapsDone := !gaps
+	ctx := cfg.Ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	for {
+		if err := ctx.Err(); err != nil {
+			return &e.Stats, err
+		}
 		rec, err := r.Next()
 		if err == io.EOF {
 			break

@@ -210,6 +210,9 @@ func (p *parser) run() error {
 	if p.stopAtBlockList {
 		return nil
 	}
+	if len(p.info.Blocks) == 0 {
+		return p.errAt(p.r.off, "RAM section ended without a MEM_SIZE block list")
+	}
 	if !p.stopped {
 		// The footer of the RAM end section, when the machine sends footers.
 		if b, ok := p.r.peek(); ok && b == secFooter {

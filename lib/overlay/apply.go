@@ -50,7 +50,6 @@ type applier struct {
 	base    Base
 	val     *format.Validator
 	scratch [3]*os.File // by space
-	dir     string
 	tmp     string
 	jobs    chan *applyJob
 	pending []*applyJob
@@ -87,6 +86,9 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 	}
 	if base.ID() != h.BaseID {
 		return fmt.Errorf("wrong base: the overlay was made from base %s, but %s; use the base the overlay was made from", h.BaseID, describe(base))
+	}
+	if mem, disk := base.Sizes(); mem != h.VM.MemSize || disk != h.VM.DiskSize {
+		return fmt.Errorf("the overlay describes a VM with %d bytes of RAM and a %d-byte disk; base %s has %d and %d", h.VM.MemSize, h.VM.DiskSize, base.ID(), mem, disk)
 	}
 	out := *h
 	out.Kind = format.KindDiff
@@ -157,9 +159,6 @@ func (a *applier) cleanup() {
 		if f != nil {
 			f.Close()
 		}
-	}
-	if a.dir != "" {
-		os.RemoveAll(a.dir)
 	}
 }
 
@@ -382,7 +381,7 @@ func (a *applier) keep(space uint8, off uint64, data []byte) error {
 		return err
 	}
 	if _, err := f.WriteAt(data, int64(off)); err != nil {
-		return fmt.Errorf("writing scratch file %s: %w (overlay-apply keeps the overlay's data there; free space in %s or set --tmpdir)", f.Name(), err, a.dir)
+		return fmt.Errorf("writing scratch file %s: %w (overlay-apply keeps the overlay's data there; free space in %s or set --tmpdir)", f.Name(), err, a.tmpDir())
 	}
 	return nil
 }
@@ -403,25 +402,17 @@ func (a *applier) readScratch(space uint8, p []byte, off uint64) error {
 	return nil
 }
 
+// scratchFile returns the scratch file of a space. It is unlinked as soon
+// as it is created, so it vanishes with the process, even on SIGKILL.
 func (a *applier) scratchFile(space uint8) (*os.File, error) {
 	if f := a.scratch[space]; f != nil {
 		return f, nil
 	}
-	if a.dir == "" {
-		d, err := os.MkdirTemp(a.tmp, "overlay-apply-")
-		if err != nil {
-			return nil, fmt.Errorf("creating a scratch folder: %w (set --tmpdir to a writable folder)", err)
-		}
-		a.dir = d
-	}
-	name := "mem"
-	if space == format.SpaceDisk {
-		name = "disk"
-	}
-	f, err := os.Create(a.dir + "/" + name)
+	f, err := os.CreateTemp(a.tmp, "overlay-apply-scratch-")
 	if err != nil {
-		return nil, fmt.Errorf("creating a scratch file: %w", err)
+		return nil, fmt.Errorf("creating a scratch file: %w (set --tmpdir to a writable folder)", err)
 	}
+	os.Remove(f.Name())
 	a.scratch[space] = f
 	return f, nil
 }
@@ -446,4 +437,11 @@ func (a *applier) checkIndex(idx *format.Index) error {
 		}
 	}
 	return nil
+}
+
+func (a *applier) tmpDir() string {
+	if a.tmp != "" {
+		return a.tmp
+	}
+	return os.TempDir()
 }

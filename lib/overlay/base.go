@@ -9,6 +9,9 @@ import (
 // Base gives read access to a base VM's memory and disk.
 type Base interface {
 	ID() string
+	// Sizes returns the base VM's RAM and disk sizes in bytes; an overlay
+	// must describe a VM of exactly these sizes.
+	Sizes() (mem, disk uint64)
 	ReadMemAt(p []byte, off int64) (int, error)
 	ReadDiskAt(p []byte, off int64) (int, error)
 }

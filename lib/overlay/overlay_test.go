@@ -25,6 +25,8 @@ type memBase struct {
 }
 
 func (b *memBase) ID() string { return b.id }
+
+func (b *memBase) Sizes() (mem, disk uint64) { return uint64(len(b.mem)), uint64(len(b.disk)) }
 func (b *memBase) ReadMemAt(p []byte, off int64) (int, error) {
 	return bytes.NewReader(b.mem).ReadAt(p, off)
 }

@@ -262,6 +262,9 @@ func (s *spool) read(ctx context.Context, r *format.Reader) error {
 	}
 	var hb [8]byte
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rec, err := r.Next()
 		if err == io.EOF {
 			break
