@@ -8,8 +8,8 @@ import (
 
 func TestParseForward(t *testing.T) {
 	for in, want := range map[string]vm.Forward{
-		"tcp:8080:80":          {Proto: "tcp", HostPort: 8080, GuestPort: 80},
-		"udp:5353:53":          {Proto: "udp", HostPort: 5353, GuestPort: 53},
+		"tcp:8080:80":         {Proto: "tcp", HostPort: 8080, GuestPort: 80},
+		"udp:5353:53":         {Proto: "udp", HostPort: 5353, GuestPort: 53},
 		"tcp:0.0.0.0:2222:22": {Proto: "tcp", HostAddr: "0.0.0.0", HostPort: 2222, GuestPort: 22},
 	} {
 		got, err := parseForward(in)
