@@ -39,7 +39,7 @@ func Command(stage string, space uint8) cliutil.RunFunc {
 			[]cli.Flag{
 				&cli.StringFlag{Name: "base", Usage: "base folder (default: find the stream's base ID in the catalog)", Destination: &baseDir, EnvVars: []string{"CLOUDLET_BASE"}},
 				&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog},
-				&cli.StringFlag{Name: "delta", Usage: "per-page delta against the same-offset base page: none, xor, ops or best", Value: DeltaNone, Destination: &deltaMode},
+				&cli.StringFlag{Name: "delta", Usage: "per-page delta against the same-offset base page: none, xor, ops or best (xor measured smallest after compression, see README)", Value: DeltaXOR, Destination: &deltaMode},
 				&cli.BoolFlag{Name: "no-dedup", Usage: "do not look for copies in the base or the stream", Destination: &noDedup},
 				&cli.StringFlag{Name: "scratch-dir", Usage: "folder for the self-dedup scratch file", Destination: &scratch},
 				&cli.BoolFlag{Name: "stats", Usage: "print what was found as JSON on stderr", Destination: &stats},
