@@ -47,6 +47,21 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return cc.Args().First(), nil
 	}
+	// withBase runs fn on the base folder named by the one argument.
+	withBase := func(fn func(b *base.Base, cc *cli.Context) error) cli.ActionFunc {
+		return func(cc *cli.Context) error {
+			dir, err := oneArg(cc, "DIR")
+			if err != nil {
+				return err
+			}
+			b, err := base.Open(dir)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			return fn(b, cc)
+		}
+	}
 	app := cliutil.NewApp("cloudlet-base", "make base VMs and manage the base catalog",
 		"cloudlet-base [--catalog FILE] COMMAND ...", description,
 		[]cli.Flag{&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"}},
@@ -127,59 +142,32 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		{
 			Name: "stream", Usage: "write the stream that resumes the base unchanged (pipe it into vm-resume)", ArgsUsage: "DIR",
-			Action: func(cc *cli.Context) error {
-				dir, err := oneArg(cc, "DIR")
-				if err != nil {
-					return err
-				}
+			Action: withBase(func(b *base.Base, cc *cli.Context) error {
 				if err := cliutil.CheckStdout(stdout, false); err != nil {
 					return err
 				}
-				b, err := base.Open(dir)
-				if err != nil {
-					return err
-				}
-				defer b.Close()
 				return b.WriteResumeStream(format.NewWriter(stdout))
-			},
+			}),
 		},
 		{
 			Name: "verify", Usage: "re-hash a base and check its ID", ArgsUsage: "DIR",
-			Action: func(cc *cli.Context) error {
-				dir, err := oneArg(cc, "DIR")
-				if err != nil {
-					return err
-				}
-				b, err := base.Open(dir)
-				if err != nil {
-					return err
-				}
-				defer b.Close()
+			Action: withBase(func(b *base.Base, cc *cli.Context) error {
 				if err := b.Verify(); err != nil {
 					return err
 				}
 				fmt.Fprintln(stdout, b.ID())
 				return nil
-			},
+			}),
 		},
 		{
 			Name: "index", Usage: "build the dedup index in memory and print its size and build time", ArgsUsage: "DIR",
 			Flags: []cli.Flag{&cli.BoolFlag{Name: "windows", Usage: "index the disk at 512-byte steps"}},
-			Action: func(cc *cli.Context) error {
-				dir, err := oneArg(cc, "DIR")
-				if err != nil {
-					return err
-				}
-				b, err := base.Open(dir)
-				if err != nil {
-					return err
-				}
-				defer b.Close()
+			Action: withBase(func(b *base.Base, cc *cli.Context) error {
 				start := time.Now()
 				x := base.BuildIndex(b.Mem, b.Disk, cc.Bool("windows"))
 				fmt.Fprintf(stdout, "{\"entries\": %d, \"bytes\": %d, \"seconds\": %.3f}\n", x.Len(), x.Bytes(), time.Since(start).Seconds())
 				return nil
-			},
+			}),
 		},
 	}
 	return app.RunContext(ctx, args)

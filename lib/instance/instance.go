@@ -23,8 +23,9 @@ type Forward struct {
 	GuestPort int    `json:"guest_port"`
 }
 
-// Info is what vm-resume prints (one JSON line) and stores in instance.json.
-type Info struct {
+// Summary is what vm-resume prints: one JSON line a user or script needs
+// to reach the instance.
+type Summary struct {
 	Name      string    `json:"name"`
 	Pid       int       `json:"pid"`
 	RunDir    string    `json:"run_dir"`
@@ -36,8 +37,14 @@ type Info struct {
 	Accel     string    `json:"accel"`
 	BaseID    string    `json:"base_id,omitempty"`
 	Resumed   string    `json:"resumed_from,omitempty"` // "image", "full" or "base"
+	// Timings in seconds, for the curious and for benchmarks.
+	Timings map[string]float64 `json:"timings,omitempty"`
+}
 
-	// Layout, for vm-capture.
+// Info is the Summary plus the VM's layout, stored in instance.json for
+// vm-capture.
+type Info struct {
+	Summary
 	VM         format.VMDesc `json:"vm"`
 	MemPath    string        `json:"mem_path"`
 	MemShared  bool          `json:"mem_shared"` // share=on: capture reads RAM from MemPath
@@ -45,8 +52,6 @@ type Info struct {
 	DiskImage  string        `json:"disk_image,omitempty"` // what DiskTop is layered on
 	KernelPath string        `json:"kernel_path,omitempty"`
 	InitrdPath string        `json:"initrd_path,omitempty"`
-	// Timings in seconds, for the curious and for benchmarks.
-	Timings map[string]float64 `json:"timings,omitempty"`
 }
 
 // Write stores info as dir/instance.json.
@@ -77,19 +82,6 @@ func Read(dir string) (*Info, error) {
 
 // Line returns the one-line JSON form vm-resume prints.
 func (i *Info) Line() string {
-	b, _ := json.Marshal(struct {
-		Name      string             `json:"name"`
-		Pid       int                `json:"pid"`
-		RunDir    string             `json:"run_dir"`
-		QMP       string             `json:"qmp"`
-		Serial    string             `json:"serial"`
-		SerialLog string             `json:"serial_log"`
-		VNC       string             `json:"vnc,omitempty"`
-		Forwards  []Forward          `json:"forwards"`
-		Accel     string             `json:"accel"`
-		BaseID    string             `json:"base_id,omitempty"`
-		Resumed   string             `json:"resumed_from,omitempty"`
-		Timings   map[string]float64 `json:"timings,omitempty"`
-	}{i.Name, i.Pid, i.RunDir, i.QMP, i.Serial, i.SerialLog, i.VNC, i.Forwards, i.Accel, i.BaseID, i.Resumed, i.Timings})
+	b, _ := json.Marshal(i.Summary)
 	return string(b)
 }

@@ -174,10 +174,11 @@ func fromFormatForwards(fs []format.Forward) []vm.Forward {
 // infoFor fills the parts of an Info that come from a started instance.
 func infoFor(in *vm.Instance, cfg vm.Config) *instance.Info {
 	info := &instance.Info{
-		Name: in.Config.Name, Pid: in.Pid, RunDir: in.RunDir(), QMP: in.QMPPath(),
-		Serial: in.SerialPath(), SerialLog: in.SerialLog(), Forwards: toInfoForwards(in.Config.Forwards),
-		Accel: in.Accel, MemPath: in.MemPath(), MemShared: in.Config.MemShare, DiskTop: in.Config.Disk,
-		KernelPath: in.Config.Kernel, InitrdPath: in.Config.Initrd, Timings: map[string]float64{},
+		Summary: instance.Summary{Name: in.Config.Name, Pid: in.Pid, RunDir: in.RunDir(), QMP: in.QMPPath(),
+			Serial: in.SerialPath(), SerialLog: in.SerialLog(), Forwards: toInfoForwards(in.Config.Forwards),
+			Accel: in.Accel, Timings: map[string]float64{}},
+		MemPath: in.MemPath(), MemShared: in.Config.MemShare, DiskTop: in.Config.Disk,
+		KernelPath: in.Config.Kernel, InitrdPath: in.Config.Initrd,
 	}
 	if cfg.VNC {
 		info.VNC = in.Config.VNCPath()

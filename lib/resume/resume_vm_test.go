@@ -273,7 +273,7 @@ func TestCaptureForeignVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { in.Stop(context.Background()) })
-	v := attach(t, &instance.Info{RunDir: dir, Serial: in.SerialPath()}, true)
+	v := attach(t, &instance.Info{Summary: instance.Summary{RunDir: dir, Serial: in.SerialPath()}}, true)
 	v.run("clwork counter --file /run/counter &")
 	mem := v.run("clwork fillmem --mib 4 --seed 3")
 	files := v.run("clwork writefiles --mib 1 --dir /root/f --seed 3 && sync")
