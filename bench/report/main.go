@@ -1,0 +1,292 @@
+// Command report turns the raw measurements of scripts/bench.sh into
+// bench/results.json (the shape issue 10 asks for), a table and the goals on
+// stdout, and an SVG plot of synthesis time against link bandwidth.
+//
+//	report -raw RAW.tsv -json bench/results.json -svg bench/synthesis.svg -mem 1024
+//
+// RAW.tsv lines (tab separated):
+//
+//	size   WORKLOAD SYSTEM BYTES
+//	syn    WORKLOAD SYSTEM LINK SECONDS     (one per run; the median is kept)
+//	scale  small|large MIB SECONDS          (one per run)
+//	stage  NAME MB_PER_S PEAK_RSS_MIB
+//	note   WORKLOAD SYSTEM KEY VALUE        (extra figures, printed only)
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+var (
+	systems = []string{"cloudlet-zstd", "cloudlet-xz", "elijah2009-xdelta3-xz", "qemu-migrate-xz", "qemu-migrate-zstd"}
+	links   = []string{"local", "38mbit", "1gbit"}
+)
+
+type sysResult struct {
+	OverlayBytes int64              `json:"overlay_bytes"`
+	SynthesisS   map[string]float64 `json:"synthesis_s"`
+}
+
+type workload struct {
+	Name    string                `json:"name"`
+	RAMMiB  int                   `json:"ram_mib"`
+	Systems map[string]*sysResult `json:"systems"`
+}
+
+type scaling struct {
+	SmallMiB int     `json:"small_mib"`
+	LargeMiB int     `json:"large_mib"`
+	Ratio    float64 `json:"ratio"`
+}
+
+type stage struct {
+	MBPerS     float64 `json:"mb_per_s"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+}
+
+type results struct {
+	Workloads     []*workload       `json:"workloads"`
+	ResumeScaling scaling           `json:"resume_scaling"`
+	Stages        map[string]*stage `json:"stages"`
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func round(v float64, d int) float64 {
+	p := math.Pow(10, float64(d))
+	return math.Round(v*p) / p
+}
+
+func main() {
+	raw := flag.String("raw", "", "raw measurements (TSV)")
+	jsonOut := flag.String("json", "bench/results.json", "results file to write")
+	svgOut := flag.String("svg", "bench/synthesis.svg", "plot to write")
+	mem := flag.Int("mem", 1024, "guest RAM of the workloads in MiB")
+	runs := flag.Int("runs", 3, "runs per measurement (for the captions)")
+	flag.Parse()
+
+	f, err := os.Open(*raw)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	defer f.Close()
+	res := &results{Stages: map[string]*stage{}}
+	wl := map[string]*workload{}
+	syn := map[[3]string][]float64{}
+	scale := map[string][]float64{}
+	scaleMiB := map[string]int{}
+	type note struct{ w, s, k, v string }
+	var notes []note
+	getW := func(name string) *workload {
+		w := wl[name]
+		if w == nil {
+			w = &workload{Name: name, RAMMiB: *mem, Systems: map[string]*sysResult{}}
+			for _, s := range systems {
+				w.Systems[s] = &sysResult{SynthesisS: map[string]float64{"local": 0, "38mbit": 0, "1gbit": 0}}
+			}
+			wl[name] = w
+			res.Workloads = append(res.Workloads, w)
+		}
+		return w
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		t := strings.Split(sc.Text(), "\t")
+		num := func(i int) float64 { v, _ := strconv.ParseFloat(t[i], 64); return v }
+		switch {
+		case t[0] == "size" && len(t) == 4:
+			if r := getW(t[1]).Systems[t[2]]; r != nil {
+				r.OverlayBytes = int64(num(3))
+			}
+		case t[0] == "syn" && len(t) == 5:
+			getW(t[1])
+			syn[[3]string{t[1], t[2], t[3]}] = append(syn[[3]string{t[1], t[2], t[3]}], num(4))
+		case t[0] == "scale" && len(t) == 4:
+			scale[t[1]] = append(scale[t[1]], num(3))
+			scaleMiB[t[1]] = int(num(2))
+		case t[0] == "stage" && len(t) == 4:
+			res.Stages[t[1]] = &stage{MBPerS: round(num(2), 1), PeakRSSMiB: round(num(3), 1)}
+		case t[0] == "note" && len(t) == 5:
+			notes = append(notes, note{t[1], t[2], t[3], t[4]})
+		}
+	}
+	for k, v := range syn {
+		if r := wl[k[0]].Systems[k[1]]; r != nil {
+			r.SynthesisS[k[2]] = round(median(v), 2)
+		}
+	}
+	res.ResumeScaling = scaling{SmallMiB: scaleMiB["small"], LargeMiB: scaleMiB["large"]}
+	if s, l := median(scale["small"]), median(scale["large"]); s > 0 {
+		res.ResumeScaling.Ratio = round(l/s, 3)
+	}
+
+	b, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+
+	// Table.
+	fmt.Printf("\nVM synthesis benchmark (guest RAM %d MiB, median of %d run(s))\n\n", *mem, *runs)
+	fmt.Printf("%-8s %-22s %12s %9s %9s %9s\n", "workload", "system", "overlay MB", "local s", "38Mbit s", "1Gbit s")
+	for _, w := range res.Workloads {
+		for _, s := range systems {
+			r := w.Systems[s]
+			fmt.Printf("%-8s %-22s %12.2f %9.2f %9.2f %9.2f\n", w.Name, s, float64(r.OverlayBytes)/1e6,
+				r.SynthesisS["local"], r.SynthesisS["38mbit"], r.SynthesisS["1gbit"])
+		}
+	}
+	fmt.Printf("\nresume scaling: %d MiB base %.2fs, %d MiB base %.2fs, ratio %.3f\n",
+		res.ResumeScaling.SmallMiB, median(scale["small"]), res.ResumeScaling.LargeMiB, median(scale["large"]), res.ResumeScaling.Ratio)
+	var names []string
+	for n := range res.Stages {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Printf("\n%-20s %10s %14s\n", "stage", "MB/s", "peak RSS MiB")
+	for _, n := range names {
+		fmt.Printf("%-20s %10.1f %14.1f\n", n, res.Stages[n].MBPerS, res.Stages[n].PeakRSSMiB)
+	}
+	if len(notes) > 0 {
+		fmt.Printf("\ndetails (medians where timed):\n")
+		for _, n := range notes {
+			fmt.Printf("  %-8s %-22s %-28s %s\n", n.w, n.s, n.k, n.v)
+		}
+	}
+
+	// Goals (issue 10), on the medium workload where it exists.
+	gw := wl["medium"]
+	if gw == nil && len(res.Workloads) > 0 {
+		gw = res.Workloads[len(res.Workloads)-1]
+	}
+	if gw != nil {
+		fmt.Printf("\ngoals (issue 10), workload %s:\n", gw.Name)
+		goal := func(what string, v, limit float64) {
+			st := "MET"
+			if !(v <= limit) {
+				st = "MISSED"
+			}
+			fmt.Printf("  %-62s %8.3f <= %-5.2f %s\n", what, v, limit, st)
+		}
+		z, x := gw.Systems["cloudlet-zstd"], gw.Systems["cloudlet-xz"]
+		best := z
+		if x.OverlayBytes > 0 && x.OverlayBytes < z.OverlayBytes {
+			best = x
+		}
+		ratio := func(a, b float64) float64 {
+			if b == 0 {
+				return math.NaN()
+			}
+			return a / b
+		}
+		goal("overlay / elijah2009-xdelta3-xz (smaller cloudlet overlay)", ratio(float64(best.OverlayBytes), float64(gw.Systems["elijah2009-xdelta3-xz"].OverlayBytes)), 0.40)
+		goal("overlay / qemu-migrate-xz (smaller cloudlet overlay)", ratio(float64(best.OverlayBytes), float64(gw.Systems["qemu-migrate-xz"].OverlayBytes)), 0.20)
+		for _, s := range []string{"cloudlet-zstd", "cloudlet-xz"} {
+			r := gw.Systems[s]
+			goal(s+" synthesis@38Mbit / (overlay bytes / 38 Mbit/s)", ratio(r.SynthesisS["38mbit"], float64(r.OverlayBytes)*8/38e6), 1.10)
+		}
+		goal("cloudlet-zstd synthesis@1Gbit / qemu-migrate-zstd@1Gbit", ratio(z.SynthesisS["1gbit"], gw.Systems["qemu-migrate-zstd"].SynthesisS["1gbit"]), 0.25)
+		goal("resume scaling ratio (2 GiB base / 256 MiB base)", res.ResumeScaling.Ratio, 1.2)
+	}
+
+	if err := os.WriteFile(*svgOut, []byte(plot(res, *runs)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+// plot draws one panel per workload: synthesis time (log y) at 38 Mbit/s,
+// 1 Gbit/s and local disk (log x, local drawn at 10 Gbit/s).
+func plot(res *results, runs int) string {
+	colors := []string{"#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"}
+	xs := map[string]float64{"38mbit": 38e6, "1gbit": 1e9, "local": 1e10}
+	const pw, ph, ml, mt, mb, mr = 420.0, 300.0, 60.0, 40.0, 50.0, 20.0
+	n := len(res.Workloads)
+	if n == 0 {
+		n = 1
+	}
+	W := float64(n)*(pw+ml+mr) + 10
+	H := mt + ph + mb + 30 + 18*float64(len(systems))
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", W, H)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	ymin, ymax := math.Inf(1), math.Inf(-1)
+	for _, w := range res.Workloads {
+		for _, s := range systems {
+			for _, l := range links {
+				if v := w.Systems[s].SynthesisS[l]; v > 0 {
+					ymin, ymax = math.Min(ymin, v), math.Max(ymax, v)
+				}
+			}
+		}
+	}
+	if math.IsInf(ymin, 0) {
+		ymin, ymax = 1, 10
+	}
+	lo, hi := math.Floor(math.Log10(ymin)), math.Ceil(math.Log10(ymax))
+	if hi <= lo {
+		hi = lo + 1
+	}
+	xlo, xhi := math.Log10(1e7), math.Log10(3e10)
+	for i, w := range res.Workloads {
+		ox := 10 + float64(i)*(pw+ml+mr) + ml
+		X := func(v float64) float64 { return ox + (math.Log10(v)-xlo)/(xhi-xlo)*pw }
+		Y := func(v float64) float64 { return mt + ph - (math.Log10(v)-lo)/(hi-lo)*ph }
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-weight="bold">%s workload (%d MiB guest), median of %d</text>`+"\n", ox, mt-15, w.Name, w.RAMMiB, runs)
+		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="%.0f" height="%.0f" fill="none" stroke="#444"/>`+"\n", ox, mt, pw, ph)
+		for e := lo; e <= hi; e++ {
+			for _, m := range []float64{1, 2, 5} {
+				v := m * math.Pow(10, e)
+				if math.Log10(v) > hi+1e-9 {
+					continue
+				}
+				y := Y(v)
+				fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", ox, ox+pw, y, y)
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">%g</text>`+"\n", ox-5, y+4, v)
+			}
+		}
+		for _, l := range links {
+			x := X(xs[l])
+			label := map[string]string{"38mbit": "38 Mbit/s", "1gbit": "1 Gbit/s", "local": "local disk"}[l]
+			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.0f" y2="%.0f" stroke="#eee"/>`+"\n", x, x, mt, mt+ph)
+			fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle">%s</text>`+"\n", x, mt+ph+16, label)
+		}
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">link bandwidth (log)</text>`+"\n", ox+pw/2, mt+ph+34)
+		fmt.Fprintf(&b, `<text transform="translate(%.0f,%.0f) rotate(-90)" text-anchor="middle">synthesis time, s (log)</text>`+"\n", ox-42, mt+ph/2)
+		for j, s := range systems {
+			var pts []string
+			for _, l := range links {
+				if v := w.Systems[s].SynthesisS[l]; v > 0 {
+					pts = append(pts, fmt.Sprintf("%.1f,%.1f", X(xs[l]), Y(v)))
+					fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", X(xs[l]), Y(v), colors[j])
+				}
+			}
+			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(pts, " "), colors[j])
+			ly := mt + ph + mb + 10 + 18*float64(j)
+			fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.0f" y2="%.0f" stroke="%s" stroke-width="3"/>`+"\n", ox, ox+20, ly, ly, colors[j])
+			fmt.Fprintf(&b, `<text x="%.0f" y="%.0f">%s (%.1f MB overlay)</text>`+"\n", ox+26, ly+4, s, float64(w.Systems[s].OverlayBytes)/1e6)
+		}
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
