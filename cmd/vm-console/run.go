@@ -35,25 +35,31 @@ func (e *exitError) ExitStatus() int { return e.code }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var ready, script bool
+	var serial string
 	var timeout time.Duration
 	app := cliutil.NewApp("vm-console", "run commands on a VM's serial console",
-		"vm-console [--wait-ready] [--timeout D] RUN [COMMAND...]", description,
+		"vm-console [--wait-ready] [--timeout D] [--script] (RUN | --serial SOCK) [COMMAND...]", description,
 		[]cli.Flag{
 			&cli.BoolFlag{Name: "wait-ready", Usage: "first wait for the guest kit's CLOUDLET-GUEST-READY line", Destination: &ready},
+			&cli.StringFlag{Name: "serial", Usage: "serial console socket of a QEMU not started by vm-resume (then no RUN)", Destination: &serial},
 			&cli.BoolFlag{Name: "script", Usage: "run the shell script read from stdin (any length, several lines)", Destination: &script},
 			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long", Value: 5 * time.Minute, Destination: &timeout},
 		},
 		func(c *cli.Context) error {
-			if c.NArg() < 1 {
-				return cliutil.Usagef("want the run folder printed by vm-resume")
-			}
-			info, err := instance.Read(c.Args().First())
-			if err != nil {
-				return err
+			args := c.Args().Slice()
+			if serial == "" {
+				if len(args) < 1 {
+					return cliutil.Usagef("want the run folder printed by vm-resume (or --serial SOCK)")
+				}
+				info, err := instance.Read(args[0])
+				if err != nil {
+					return err
+				}
+				serial, args = info.Serial, args[1:]
 			}
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			con, err := console.Dial(ctx, info.Serial)
+			con, err := console.Dial(ctx, serial)
 			if err != nil {
 				return err
 			}
@@ -63,15 +69,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 			}
-			cmdline := strings.Join(c.Args().Slice()[1:], " ")
+			cmdline := strings.Join(args, " ")
 			if script {
-				if c.NArg() > 1 {
+				if len(args) > 0 {
 					return cliutil.Usagef("--script reads the script from stdin; give no COMMAND")
 				}
 				if cmdline, err = sendScript(ctx, con, stdin); err != nil {
 					return err
 				}
-			} else if c.NArg() == 1 {
+			} else if len(args) == 0 {
 				return interactive(ctx, con, stdin, stdout)
 			}
 			out, code, err := con.Run(ctx, cmdline)
