@@ -253,6 +253,7 @@ func Run(r *format.Reader, w *format.Writer, cfg Config) (*Stats, error) {
 		return nil, err
 	}
 	defer b.Close()
+	b.Prefault()
 	if h.VM.MemSize != b.Meta.VM.MemSize || h.VM.DiskSize != b.Meta.VM.DiskSize {
 		return nil, fmt.Errorf("the stream's VM has %d bytes of RAM and a %d-byte disk; base %s has %d and %d",
 			h.VM.MemSize, h.VM.DiskSize, b.ID(), b.Meta.VM.MemSize, b.Meta.VM.DiskSize)
