@@ -8,10 +8,15 @@
 // base is never written) and the changed pages are injected into the RAM
 // section of the incoming migration stream. The disk is a new qcow2 top
 // layer over the base disk; the changed extents are written into it through
-// qemu-nbd before QEMU opens it.
+// qemu-nbd while the incoming QEMU keeps the disk inactive.
 //
-// Nothing runs before the whole stream is verified: records are spooled into
-// the run folder while the stream is read, and QEMU is started only after
-// the END record checked out. On any failure QEMU is killed and the run
-// folder removed.
+// Synthesis is pipelined: QEMU starts as soon as the header is read, and
+// takes the incoming migration (device state, then the injected pages)
+// while the rest of the stream still arrives, so the time after the last
+// byte is short. Nothing runs before the whole stream is verified: the
+// end of the device state (the part that completes the migration and lets
+// QEMU activate the disk) reaches QEMU only after the END record checked
+// out and the disk extents are written and flushed, and `cont` comes after
+// that. On any failure QEMU is killed and the run folder removed; the
+// guest never ran.
 package resume

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,7 +14,6 @@ import (
 	"cloudlet/format"
 	"cloudlet/lib/base"
 	"cloudlet/lib/instance"
-	"cloudlet/lib/migstream"
 	"cloudlet/lib/qmpctl"
 	"cloudlet/lib/vm"
 )
@@ -252,40 +249,4 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	}
 	cl.done = true
 	return info, nil
-}
-
-// migrateIn runs the incoming migration: QEMU listens on a unix socket in
-// the run folder, feed writes the stream into it.
-func migrateIn(ctx context.Context, c *qmpctl.Client, dir string, ignoreShared bool, feed func(w io.Writer) error) error {
-	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: ignoreShared}); err != nil {
-		return err
-	}
-	sock := filepath.Join(dir, "incoming.sock")
-	if err := c.MigrateIncoming(ctx, "unix:"+sock); err != nil {
-		return fmt.Errorf("migrate-incoming: %w", err)
-	}
-	var conn net.Conn
-	var err error
-	for i := 0; i < 200; i++ {
-		if conn, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("connecting to QEMU's incoming migration socket: %w", err)
-	}
-	ferr := feed(conn)
-	conn.Close()
-	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	defer cancel()
-	werr := c.WaitMigration(wctx)
-	os.Remove(sock)
-	if werr != nil {
-		return fmt.Errorf("QEMU refused the device state: %w", werr)
-	}
-	if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
-		return fmt.Errorf("feeding the migration stream: %w", ferr)
-	}
-	return nil
 }
