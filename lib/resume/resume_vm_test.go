@@ -247,15 +247,78 @@ func TestRelativeResume(t *testing.T) {
 	t.Logf("diff stream %d bytes (disk: %+v)", d2.Len(), st)
 
 	so.BaseDir, so.RunDir, so.Forwards = bdir, runDir(t, "r"), []vm.Forward{{Proto: "tcp", HostPort: p2, GuestPort: 80}}
+	raw := bytes.Clone(d2.Bytes())
 	info2, err := FromStream(context.Background(), format.NewReader(&d2), so)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("relative resume timings: %v", info2.Timings)
 	check(t, attach(t, info2, false), 2, files, mem, before, p2)
+
+	// The same stream with its memory before the device state: vm-resume
+	// spools what the feeder cannot take yet and the guest is as right.
+	p3 := guesttest.FreePort(t)
+	so.RunDir, so.Forwards = runDir(t, "o"), []vm.Forward{{Proto: "tcp", HostPort: p3, GuestPort: 80}}
+	info3, err := FromStream(context.Background(), format.NewReader(memoryFirst(t, raw)), so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, attach(t, info3, false), 2, files, mem, before, p3)
 	if err := b.Verify(); err != nil {
 		t.Errorf("base changed: %v", err)
 	}
+}
+
+// memoryFirst rewrites a stream with its memory records first, then the
+// device state, then the rest.
+func memoryFirst(t *testing.T, stream []byte) io.Reader {
+	t.Helper()
+	r := format.NewReader(bytes.NewReader(stream))
+	h, err := r.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mem, dev, rest []format.Record
+	nmem := 0
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *rec
+		c.Payload = bytes.Clone(rec.Payload)
+		switch rec.Type {
+		case format.TypeMem, format.TypeMemZero:
+			mem = append(mem, c)
+			nmem++
+		case format.TypeDevState:
+			dev = append(dev, c)
+		default:
+			rest = append(rest, c)
+		}
+	}
+	if nmem == 0 || len(dev) == 0 {
+		t.Fatalf("stream has %d memory and %d DEVSTATE records; the test needs both", nmem, len(dev))
+	}
+	var out bytes.Buffer
+	w := format.NewWriter(&out)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	for _, list := range [][]format.Record{mem, dev, rest} {
+		for i := range list {
+			if err := w.WriteRecord(&list[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &out
 }
 
 // Test 3: a QEMU started by hand with plain RAM (no memory file) is
