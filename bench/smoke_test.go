@@ -102,6 +102,10 @@ func TestBenchShort(t *testing.T) {
 			MBPerS     float64 `json:"mb_per_s"`
 			PeakRSSMiB float64 `json:"peak_rss_mib"`
 		} `json:"stages"`
+		SemanticGap *struct {
+			DeletedMiB   int              `json:"deleted_mib"`
+			OverlayBytes map[string]int64 `json:"overlay_bytes"`
+		} `json:"semantic_gap"`
 	}
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatalf("results.json: %v\n%s", err, b)
@@ -132,6 +136,20 @@ func TestBenchShort(t *testing.T) {
 	for _, st := range []string{"vm-capture", "mem-diff", "disk-diff", "overlay-pack-zstd", "overlay-apply", "vm-resume"} {
 		if res.Stages[st].MBPerS <= 0 {
 			t.Errorf("stage %s missing", st)
+		}
+	}
+	if g := res.SemanticGap; g == nil || g.DeletedMiB <= 0 {
+		t.Errorf("semantic_gap missing: %+v", g)
+	} else {
+		for _, v := range []string{"both-on", "trim-off", "freemem-off", "both-off"} {
+			if g.OverlayBytes[v] <= 0 {
+				t.Errorf("semantic_gap: %s overlay_bytes %d", v, g.OverlayBytes[v])
+			}
+		}
+		// Deleting and freeing must cost less with both switches on; the
+		// margin is loose because the short run's amounts are small.
+		if on, off := g.OverlayBytes["both-on"], g.OverlayBytes["both-off"]; on >= off {
+			t.Errorf("semantic_gap: overlay %d bytes with both switches on, %d with both off; want smaller with them on", on, off)
 		}
 	}
 	if fi, err := os.Stat(filepath.Join(out, "synthesis.svg")); err != nil || fi.Size() == 0 {

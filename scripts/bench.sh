@@ -25,8 +25,9 @@
 # Links: local (overlay read from local disk), 38mbit and 1gbit (the overlay goes through
 # bench/ratelimit, a token bucket, into the first synthesis stage; decompression is pipelined
 # with the transfer wherever the system's tools allow it).
-# Also: resume scaling (same small change resumed against a 256 MiB and a 2 GiB base) and per-stage
-# MB/s and peak RSS (/usr/bin/time) of each tool on the medium workload.
+# Also: resume scaling (same small change resumed against a 256 MiB and a 2 GiB base), per-stage
+# MB/s and peak RSS (/usr/bin/time) of each tool on the medium workload, and the semantic gap
+# (overlay bytes of a write-delete / fill-free workload with TRIM and init_on_free on and off).
 # Output: a table on stdout, bench/results.json, bench/synthesis.svg (progress on stderr).
 set -euo pipefail
 
@@ -58,11 +59,11 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ "$SHORT" = 1 ]; then
-	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512
+	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512 GAP=4
 	WL_small='clwork writefiles --mib 1 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 2 --seed 2 >/dev/null'
 	WL_medium='clwork writefiles --mib 2 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 4 --seed 4 >/dev/null'
 else
-	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048
+	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048 GAP=64
 	WL_small='clwork writefiles --mib 4 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 8 --seed 2 >/dev/null'
 	WL_medium='clwork writefiles --mib 50 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 100 --seed 4 >/dev/null'
 fi
@@ -186,11 +187,14 @@ log "helpers: building bench/ratelimit, bench/qmpc, bench/report"
 (cd "$ROOT" && "$GO" build -o "$W/hbin/" ./bench/ratelimit ./bench/qmpc ./bench/report)
 RATELIMIT=$W/hbin/ratelimit QMPC=$W/hbin/qmpc
 
-# make_base MIB DIR: boot the kit, capture it as a base.
+# make_base MIB DIR [APPEND]: boot the kit (with kernel command line APPEND, default the
+# kit's), capture it as a base.
 make_base() {
 	local mib=$1 dir=$2 j run
+	local app=()
+	[ -z "${3:-}" ] || app=(--append "$3")
 	j=$W/launch-$mib.json
-	vm-resume launch --kit "$KIT" --mem "$mib" --name "base$mib" >"$j"
+	vm-resume launch --kit "$KIT" --mem "$mib" --name "base$mib" "${app[@]}" >"$j"
 	run=$(jget run_dir <"$j")
 	vm-console --wait-ready "$run" 'sync' >/dev/null
 	vm-capture --run "$run" --quit | cloudlet-base create --image "$KIT/rootfs.img" --kit "$KIT" --name "bench$mib" "$dir" >/dev/null 2>"$W/create.log" || {
@@ -413,6 +417,34 @@ scale_one() { # LABEL MIB
 }
 scale_one small "$SCALE_SMALL"
 scale_one large "$SCALE_LARGE"
+
+# ---------------------------------------------------------------------------
+# Semantic gap (issue 8): one workload writes then deletes GAP MiB of files and fills then
+# frees GAP MiB of tmpfs memory, under the four settings of the two switches:
+#   TRIM      the kit mounts its root with discard (the disk is attached with discard=unmap)
+#             and the workload runs fstrim; off: `mount -o remount,nodiscard /`, no fstrim
+#   freemem   the guest kernel zeroes freed pages (init_on_free=1, the kit's default);
+#             off: a base booted without it
+# Overlay bytes (zstd) of each; the report gives what each setting saves against both off.
+GAP_FREE_OFF_APPEND="console=ttyS0 root=/dev/vda rw quiet no_timer_check" # the kit's command line (lib/vm KitAppend) without init_on_free=1
+gap_one() { # VARIANT BASE TRIM(on|off)
+	local v=$1 gb=$2 trim=$3 pre="" post=""
+	if [ "$trim" = on ]; then post=" && fstrim /"; else pre="mount -o remount,nodiscard / && "; fi
+	printf -v "WL_gap_${v//-/_}" '%sdd if=/dev/urandom of=/root/big bs=1M count=%s 2>/dev/null && sync && rm /root/big && sync%s && dd if=/dev/urandom of=/run/mem/blob bs=1M count=%s 2>/dev/null && rm /run/mem/blob' \
+		"$pre" "$GAP" "$post" "$GAP"
+	customize "$gb" "gap_${v//-/_}" "$W/gap.full"
+	mem-diff --base "$gb" <"$W/gap.full" | disk-diff --base "$gb" | overlay-pack --codec zstd >"$W/gap.ov"
+	rec gap "$GAP" "$v" "$(fsize "$W/gap.ov")"
+	log "semantic gap $v: overlay $(fsize "$W/gap.ov") bytes"
+	rm -f "$W/gap.full" "$W/gap.ov"
+}
+log "semantic gap: ${GAP} MiB deleted and ${GAP} MiB freed, switches on and off"
+gap_one both-on "$B" on
+gap_one trim-off "$B" off
+make_base "$MEM" "$W/gapbase" "$GAP_FREE_OFF_APPEND"
+gap_one freemem-off "$W/gapbase" on
+gap_one both-off "$W/gapbase" off
+rm -rf "$W/gapbase"
 
 log "report"
 cp "$RAW" "$OUT/raw.tsv"

@@ -108,7 +108,7 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 
 	// Device state (and, without a shared memory file, all of RAM).
 	mstart := time.Now()
-	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: memFile != ""}); err != nil {
+	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: memFile != "", "events": true}); err != nil {
 		return nil, err
 	}
 	if err := c.SetMigrationParameters(ctx, qmpctl.UnthrottledMigration()); err != nil {

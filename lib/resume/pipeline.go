@@ -521,7 +521,7 @@ func (s *spool) feed(ctx context.Context, cfg vm.Config, ignoreShared bool) (res
 // migrateIn runs the incoming migration: QEMU listens on a unix socket in
 // the run folder, feed writes the stream into it.
 func migrateIn(ctx context.Context, c *qmpctl.Client, dir string, ignoreShared bool, feed func(w io.Writer) error) error {
-	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: ignoreShared}); err != nil {
+	if err := c.SetMigrationCapabilities(ctx, map[string]bool{migstream.CapIgnoreShared: ignoreShared, "events": true}); err != nil {
 		return err
 	}
 	sock := filepath.Join(dir, "incoming.sock")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"cloudlet/lib/base"
 	"cloudlet/lib/capture"
 	"cloudlet/lib/guesttest"
 	"cloudlet/lib/vm"
@@ -77,5 +78,16 @@ func TestSemanticGap(t *testing.T) {
 	v.con.Send("\n")
 	if got := v.run("cat /root/keep; ls /root/big /run/mem/blob 2>/dev/null | wc -l"); got != "kept\n0" {
 		t.Errorf("synthesized guest: %q; want the kept file and no deleted ones", got)
+	}
+	// The synthesized guest maps the base memory file privately: freeing
+	// memory in it must leave the base as it was.
+	v.run("dd if=/dev/urandom of=/run/mem/again bs=1M count=16 2>/dev/null && rm /run/mem/again && sync")
+	b, err := base.Open(onBase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Verify(); err != nil {
+		t.Errorf("base changed under guests that freed memory: %v", err)
 	}
 }
