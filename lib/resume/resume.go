@@ -43,22 +43,41 @@ func RunRoot() string {
 	return filepath.Join(os.TempDir(), "cloudlet-run")
 }
 
+// newRunDir picks the run folder, creates it and claims it for this
+// process. Stale folders (left by a vm-resume killed with SIGKILL) under the
+// run root, or at the given path, are removed first.
 func newRunDir(opt *Options) (string, error) {
 	if opt.Name == "" {
 		opt.Name = "cloudlet"
 	}
+	var dir string
 	if opt.RunDir != "" {
 		if _, err := os.Stat(filepath.Join(opt.RunDir, instance.FileName)); err == nil {
-			return "", fmt.Errorf("%s already holds an instance; stop it with vm-resume --stop %s or choose another --run-dir", opt.RunDir, opt.RunDir)
+			return "", fmt.Errorf("%s already holds an instance; stop it with vm-resume stop %s or choose another --run-dir", opt.RunDir, opt.RunDir)
 		}
-		return filepath.Abs(opt.RunDir)
+		abs, err := filepath.Abs(opt.RunDir)
+		if err != nil {
+			return "", err
+		}
+		if isStale(abs) {
+			if err := removeStale(abs); err != nil {
+				return "", err
+			}
+		}
+		dir = abs
+	} else {
+		if err := os.MkdirAll(RunRoot(), 0o755); err != nil {
+			return "", err
+		}
+		SweepStale(RunRoot())
+		var b [4]byte
+		rand.Read(b[:])
+		dir = filepath.Join(RunRoot(), opt.Name+"-"+hex.EncodeToString(b[:]))
 	}
-	var b [4]byte
-	rand.Read(b[:])
-	if err := os.MkdirAll(RunRoot(), 0o755); err != nil {
+	if err := claimRunDir(dir); err != nil {
 		return "", err
 	}
-	return filepath.Join(RunRoot(), opt.Name+"-"+hex.EncodeToString(b[:])), nil
+	return dir, nil
 }
 
 // cleanup undoes a half-made instance.
@@ -84,6 +103,9 @@ func (c *cleanup) run() {
 // Stop ends the instance in runDir (QMP quit, then SIGKILL) and removes the
 // run folder.
 func Stop(ctx context.Context, runDir string) error {
+	if abs, err := filepath.Abs(runDir); err == nil && isStale(abs) {
+		return removeStale(abs) // what a killed vm-resume left
+	}
 	info, err := instance.Read(runDir)
 	if err != nil {
 		return err
@@ -247,6 +269,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	if err := instance.Write(dir, info); err != nil {
 		return nil, err
 	}
+	releaseRunDir(dir)
 	cl.done = true
 	return info, nil
 }

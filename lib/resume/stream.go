@@ -3,7 +3,6 @@ package resume
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -55,9 +54,6 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	cl := &cleanup{dir: dir}
 	defer cl.run()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 
 	// Where the pieces come from.
 	var kernel, initrd, image string
@@ -155,6 +151,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	if err := instance.Write(dir, info); err != nil {
 		return nil, err
 	}
+	releaseRunDir(dir)
 	cl.done = true
 	return info, nil
 }

@@ -181,6 +181,80 @@ func TestKilledStages(t *testing.T) {
 			}
 			check(t, dir, run, tmp)
 		})
+		t.Run("disk-diff "+sig.String(), func(t *testing.T) {
+			dir, run, tmp := f.newCase(t)
+			dd := f.stage(ctx, tmp, "disk-diff", "--base", f.baseA)
+			md := f.stage(ctx, tmp, "mem-diff", "--base", f.baseA)
+			killPipeline(t, open(f.full1), dd, 1<<20, sig, md)
+			if sig == syscall.SIGKILL {
+				wantIn(t, md, "unexpected EOF")
+			} else {
+				wantIn(t, md, "upstream disk-diff failed")
+			}
+			check(t, dir, run, tmp)
+		})
+	}
+
+	// vm-resume killed while the stream still arrives. QEMU starts at the
+	// stream's header, so it is already running: with SIGTERM vm-resume
+	// kills it and removes its run folder; with SIGKILL, QEMU exits by
+	// itself when its incoming migration connection closes, and the run
+	// folder left behind is stale (its owner is gone): `vm-resume stop`
+	// removes it, as does the next vm-resume that would use it.
+	var resolved bytes.Buffer
+	if err := f.run(bytes.NewReader(f.ov), &resolved, "overlay-apply", "--base", f.baseA); err != nil {
+		t.Fatal(err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run("vm-resume "+sig.String(), func(t *testing.T) {
+			dir, run, tmp := f.newCase(t)
+			resume := f.stage(ctx, tmp, "vm-resume", "--base", f.baseA, "--kit", f.kit.Dir, "--run-dir", run, "--accel", accel())
+			in, err := resume.cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			resume.cmd.Stdout = io.Discard
+			if err := resume.cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			half := resolved.Len() / 2
+			in.Write(resolved.Bytes()[:half])
+			pidFile := filepath.Join(run, "qemu.pid")
+			for i := 0; i < 250; i++ { // until QEMU runs
+				if _, err := os.Stat(pidFile); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			qpid, _ := os.ReadFile(pidFile)
+			if len(qpid) == 0 {
+				t.Fatalf("no QEMU started after %d of %d stream bytes: %s", half, resolved.Len(), resume.err.String())
+			}
+			time.Sleep(300 * time.Millisecond) // let the migration connection open
+			resume.cmd.Process.Signal(sig)
+			in.Close()
+			resume.rc = exitCode(resume.cmd.Wait())
+			t.Logf("vm-resume: exit %d: %s", resume.rc, resume.msg())
+			if resume.rc == 0 {
+				t.Errorf("vm-resume exited 0 after %s", sig)
+			}
+			if sig == syscall.SIGKILL {
+				gone := false
+				for i := 0; i < 100 && !gone; i++ {
+					out, _ := exec.Command("pgrep", "-f", run).Output()
+					gone = len(bytes.TrimSpace(out)) == 0
+					time.Sleep(50 * time.Millisecond)
+				}
+				if !gone {
+					t.Errorf("QEMU (pid %s) outlived the SIGKILLed vm-resume by 5 s", bytes.TrimSpace(qpid))
+				}
+				if _, err := os.Stat(filepath.Join(run, "owner.pid")); err != nil {
+					t.Errorf("the killed vm-resume's run folder has no owner file: %v", err)
+				}
+				f.stop(run) // removes the stale folder
+			}
+			check(t, dir, run, tmp)
+		})
 	}
 
 	// vm-capture of a running VM, killed mid-capture.

@@ -1,0 +1,82 @@
+package resume
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"cloudlet/lib/instance"
+	"cloudlet/lib/vm"
+)
+
+// OwnerFile names the file in a run folder that holds the pid of the
+// vm-resume making it. It goes away when the instance is complete
+// (instance.json written). A folder with an owner file whose process is
+// gone is the remains of a vm-resume killed with SIGKILL (or a machine
+// that stopped): stale, and removed by the next vm-resume that meets it.
+const OwnerFile = "owner.pid"
+
+// claimRunDir creates dir for this process and records it as the owner.
+func claimRunDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, OwnerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+}
+
+// releaseRunDir marks dir's instance complete.
+func releaseRunDir(dir string) { os.Remove(filepath.Join(dir, OwnerFile)) }
+
+// isStale reports whether dir is a half-made run folder whose vm-resume is
+// gone.
+func isStale(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, instance.FileName)); err == nil {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, OwnerFile))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && pid > 0 && !alive(pid)
+}
+
+// removeStale kills the QEMU a stale run folder may still hold (only if its
+// command line names the folder, so a recycled pid is left alone) and
+// removes the folder.
+func removeStale(dir string) error {
+	if b, err := os.ReadFile(filepath.Join(dir, vm.PidFileName)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && alive(pid) {
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if bytes.Contains(cmd, []byte(dir)) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				for i := 0; i < 100 && alive(pid); i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
+// SweepStale removes the stale run folders directly under root and
+// returns their paths.
+func SweepStale(root string) []string {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return nil
+	}
+	var gone []string
+	for _, e := range ents {
+		d := filepath.Join(root, e.Name())
+		if e.IsDir() && isStale(d) && removeStale(d) == nil {
+			gone = append(gone, d)
+		}
+	}
+	return gone
+}
