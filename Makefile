@@ -42,8 +42,14 @@ demo: deps build kit
 bench: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/bench.sh
 
+# Each fuzz target for FUZZTIME. Minimizing each new input is capped at 1s:
+# with Go's default (60s) the engine spends nearly all its time minimizing.
+FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 60s ./format/
+	$(GO) test -run XXX -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./format/
+	$(GO) test -run XXX -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/migstream/
+	$(GO) test -run XXX -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/overlay/
+	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/delta/
 
 clean:
 	rm -rf $(BIN)

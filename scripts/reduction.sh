@@ -51,3 +51,9 @@ PY
 	done
 done
 echo "full capture: $(python3 -c "print('%.1f MB' % ($full/1e6))")  (zstd -19 and xz of the raw full stream for reference: $(zstd -19 -T0 -c "$work/full.stream" | wc -c) / $(xz -6 -T0 -c "$work/full.stream" | wc -c) bytes)"
+# The default (xor) diff stream packed by overlay-pack, beside the command-line
+# codecs at their strongest settings on the very same bytes.
+d=$work/diff.xor
+printf 'diff stream (xor): %s bytes; overlay-pack zstd-3 %s, zstd-19 %s, xz %s; xz -9 %s, zstd -19 %s\n' \
+	"$(stat -c %s "$d")" "$(overlay-pack --codec zstd <"$d" | wc -c)" "$(overlay-pack --codec zstd --level 19 <"$d" | wc -c)" \
+	"$(overlay-pack --codec xz <"$d" | wc -c)" "$(xz -9 -T0 -c "$d" | wc -c)" "$(zstd -19 -T0 -q -c "$d" | wc -c)"
