@@ -110,8 +110,8 @@ func TestBenchShort(t *testing.T) {
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatalf("results.json: %v\n%s", err, b)
 	}
-	if len(res.Workloads) != 2 {
-		t.Fatalf("results.json: %d workloads, want small and medium", len(res.Workloads))
+	if len(res.Workloads) != 3 {
+		t.Fatalf("results.json: %d workloads, want small, medium and medium-app", len(res.Workloads))
 	}
 	for _, w := range res.Workloads {
 		for _, s := range systems {

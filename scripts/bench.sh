@@ -7,7 +7,10 @@
 #
 # Workloads (run in the guest through vm-console, deterministic content from clwork):
 #   small   ~4 MiB of files + ~8 MiB in tmpfs + a page served by busybox httpd (like FLUID)
-#   medium  50 MiB of files written, tar+gzip'ed and unpacked again, 100 MiB kept in tmpfs (like OBJECT)
+#   medium  50 MiB of files written, tar+gzip'ed and unpacked again, 100 MiB kept in tmpfs (like OBJECT);
+#           clwork's default content: half text, half random bytes (the worst case for compressors)
+#   medium-app  the same with program-like content (clwork --content app: ~3x compressible,
+#           like installed binaries)
 # Systems:
 #   cloudlet-zstd, cloudlet-xz   vm-capture | mem-diff | disk-diff | overlay-pack --codec zstd|xz;
 #                                synthesis = overlay-apply | vm-resume, until the app answers
@@ -62,12 +65,14 @@ if [ "$SHORT" = 1 ]; then
 	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512 GAP=4
 	WL_small='clwork writefiles --mib 1 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 2 --seed 2 >/dev/null'
 	WL_medium='clwork writefiles --mib 2 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 4 --seed 4 >/dev/null'
+	WL_medium_app='clwork writefiles --content app --mib 2 --dir /root/src --seed 5 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --content app --mib 4 --seed 6 >/dev/null'
 else
 	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048 GAP=64
 	WL_small='clwork writefiles --mib 4 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 8 --seed 2 >/dev/null'
 	WL_medium='clwork writefiles --mib 50 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 100 --seed 4 >/dev/null'
+	WL_medium_app='clwork writefiles --content app --mib 50 --dir /root/src --seed 5 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --content app --mib 100 --seed 6 >/dev/null'
 fi
-WORKLOADS=(small medium)
+WORKLOADS=(small medium medium-app)
 LINKS=(local 38mbit 1gbit)
 XDELTA_WINDOW=1073741824 # -B: source window covering the whole memory image (<= 1 GiB is xdelta3's max)
 
@@ -206,7 +211,7 @@ make_base() {
 
 # app_script WORKLOAD: the guest commands of a workload, ending with the app serving.
 app_script() {
-	local v="WL_$1"
+	local v="WL_${1//-/_}"
 	printf '%s && mkdir -p /www && echo %s > /www/index.html && clwork serve && sync' "${!v}" "$1"
 }
 

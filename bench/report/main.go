@@ -175,11 +175,11 @@ func main() {
 
 	// Table.
 	fmt.Printf("\nVM synthesis benchmark (guest RAM %d MiB, median of %d run(s))\n\n", *mem, *runs)
-	fmt.Printf("%-8s %-22s %12s %9s %9s %9s\n", "workload", "system", "overlay MB", "local s", "38Mbit s", "1Gbit s")
+	fmt.Printf("%-10s %-22s %12s %9s %9s %9s\n", "workload", "system", "overlay MB", "local s", "38Mbit s", "1Gbit s")
 	for _, w := range res.Workloads {
 		for _, s := range systems {
 			r := w.Systems[s]
-			fmt.Printf("%-8s %-22s %12.2f %9.2f %9.2f %9.2f\n", w.Name, s, float64(r.OverlayBytes)/1e6,
+			fmt.Printf("%-10s %-22s %12.2f %9.2f %9.2f %9.2f\n", w.Name, s, float64(r.OverlayBytes)/1e6,
 				r.SynthesisS["local"], r.SynthesisS["38mbit"], r.SynthesisS["1gbit"])
 		}
 	}
@@ -211,12 +211,17 @@ func main() {
 		}
 	}
 
-	// Goals (issue 10), on the medium workload where it exists.
-	gw := wl["medium"]
-	if gw == nil && len(res.Workloads) > 0 {
-		gw = res.Workloads[len(res.Workloads)-1]
+	// Goals (issue 10), on the medium workloads (the last one if none).
+	var goalWs []*workload
+	for _, w := range res.Workloads {
+		if strings.HasPrefix(w.Name, "medium") {
+			goalWs = append(goalWs, w)
+		}
 	}
-	if gw != nil {
+	if len(goalWs) == 0 && len(res.Workloads) > 0 {
+		goalWs = res.Workloads[len(res.Workloads)-1:]
+	}
+	for _, gw := range goalWs {
 		fmt.Printf("\ngoals (issue 10), workload %s:\n", gw.Name)
 		goal := func(what string, v, limit float64) {
 			st := "MET"
@@ -243,7 +248,10 @@ func main() {
 			goal(s+" synthesis@38Mbit / (overlay bytes / 38 Mbit/s)", ratio(r.SynthesisS["38mbit"], float64(r.OverlayBytes)*8/38e6), 1.10)
 		}
 		goal("cloudlet-zstd synthesis@1Gbit / qemu-migrate-zstd@1Gbit", ratio(z.SynthesisS["1gbit"], gw.Systems["qemu-migrate-zstd"].SynthesisS["1gbit"]), 0.25)
-		goal("resume scaling ratio (2 GiB base / 256 MiB base)", res.ResumeScaling.Ratio, 1.2)
+	}
+	if len(goalWs) > 0 {
+		fmt.Printf("  %-62s %8.3f <= %-5.2f %s\n", "resume scaling ratio (2 GiB base / 256 MiB base)", res.ResumeScaling.Ratio, 1.2,
+			map[bool]string{true: "MET", false: "MISSED"}[res.ResumeScaling.Ratio <= 1.2])
 	}
 
 	if err := os.WriteFile(*svgOut, []byte(plot(res, *runs)), 0o644); err != nil {

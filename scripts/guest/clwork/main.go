@@ -50,11 +50,16 @@ func writeFiles(args []string) error {
 	mib := fs.Int("mib", 1, "MiB to write")
 	dir := fs.String("dir", "/root/data", "target folder")
 	seed := fs.Uint64("seed", 1, "content seed")
+	content := fs.String("content", "mixed", "mixed (text and random files) or app (program-like, ~3x compressible)")
 	_ = fs.Parse(args)
+	mix, err := workload.ParseMix(*content)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
 	}
-	for _, f := range workload.Files(*mib, *seed) {
+	for _, f := range mix.Files(*mib, *seed) {
 		p := filepath.Join(*dir, f.Name)
 		sum, err := writeOne(p, func(w io.Writer) error {
 			return workload.Generate(w, f.Kind, f.Size, *seed, f.Index)
@@ -98,13 +103,18 @@ func fillMem(args []string) error {
 	mib := fs.Int("mib", 1, "MiB to write")
 	dir := fs.String("dir", "/run/mem", "tmpfs folder")
 	seed := fs.Uint64("seed", 1, "content seed")
+	content := fs.String("content", "mixed", "mixed (text and random stripes) or app (program-like, ~3x compressible)")
 	_ = fs.Parse(args)
+	mix, err := workload.ParseMix(*content)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
 	}
 	p := filepath.Join(*dir, workload.FillName(*seed))
 	sum, err := writeOne(p, func(w io.Writer) error {
-		return workload.GenerateFill(w, *mib, *seed)
+		return mix.GenerateFill(w, *mib, *seed)
 	})
 	if err != nil {
 		return err
