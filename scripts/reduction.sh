@@ -13,7 +13,7 @@ trap cleanup EXIT
 run_of() { sed 's/.*"run_dir":"\([^"]*\)".*/\1/'; }
 
 r=$(vm-resume launch --kit "$KIT" --mem "$MEM" --name red --run-dir "$work/l" | run_of); runs+=("$r")
-vm-console --wait-ready "$r" sync >/dev/null
+vm-console --timeout 2m --wait-ready "$r" sync >/dev/null
 vm-capture --run "$r" --quit | cloudlet-base create --image "$KIT/rootfs.img" --kit "$KIT" "$work/base" >/dev/null
 r=$(cloudlet-base stream "$work/base" | vm-resume --base "$work/base" --kit "$KIT" --run-dir "$work/o" | run_of); runs+=("$r")
 vm-console "$r" true >/dev/null

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,7 +111,10 @@ func TestPeakMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes and applies a 256 MiB overlay")
 	}
-	const size = 256 << 20
+	size := 256 << 20
+	if v, err := strconv.Atoi(os.Getenv("CLOUDLET_PEAK_MIB")); err == nil && v > 0 {
+		size = v << 20 // e.g. CLOUDLET_PEAK_MIB=1024 for the 1 GiB figure in the README
+	}
 	path := filepath.Join(t.TempDir(), "big.overlay")
 	f, err := os.Create(path)
 	if err != nil {

@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -179,4 +181,26 @@ func TestQEMUVersion(t *testing.T) {
 		t.Fatalf("version %q", v)
 	}
 	t.Log(v)
+}
+
+// QEMU runs in the run folder, so relative paths (a relative --kit or
+// --base) must reach it absolute.
+func TestRelativePathsBecomeAbsolute(t *testing.T) {
+	c := baseConfig()
+	c.Kernel, c.Initrd, c.BaseDisk = "kit/vmlinuz", "kit/initrd.img", "kit/rootfs.img"
+	n, err := c.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	args, err := n.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := argValue(t, args, "-kernel", 0), filepath.Join(wd, "kit/vmlinuz"); got != want {
+		t.Errorf("-kernel %q; want %q", got, want)
+	}
+	if got, want := n.BaseDisk, filepath.Join(wd, "kit/rootfs.img"); got != want {
+		t.Errorf("BaseDisk %q; want %q", got, want)
+	}
 }

@@ -179,7 +179,27 @@ func (c Config) Normalize() (Config, error) {
 			f.HostAddr = "127.0.0.1"
 		}
 	}
-	return c, c.validate()
+	if err := c.validate(); err != nil {
+		return c, err
+	}
+	// QEMU runs in the run folder: every path it is given must be absolute,
+	// or a relative --kit or --base would name files inside the run folder.
+	// The absolute form is checked again: the current folder is part of it.
+	for what, p := range map[string]*string{"RunDir": &c.RunDir, "MemPath": &c.MemPath, "Kernel": &c.Kernel,
+		"Initrd": &c.Initrd, "Disk": &c.Disk, "BaseDisk": &c.BaseDisk} {
+		if *p == "" || filepath.IsAbs(*p) {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return c, err
+		}
+		if err := CheckPath(what, abs); err != nil {
+			return c, fmt.Errorf("%w: give it as an absolute path", err)
+		}
+		*p = abs
+	}
+	return c, nil
 }
 
 func (c Config) validate() error {
