@@ -102,10 +102,10 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		}
 		sp.top = cfg.Disk
 	}
+	defer sp.close()
 	if err := sp.open(); err != nil {
 		return nil, err
 	}
-	defer sp.close()
 
 	// QEMU starts and takes the incoming migration while the stream is
 	// still being read; the guest runs only after END verified (pipeline
