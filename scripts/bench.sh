@@ -63,15 +63,12 @@ OUT=$(cd "$OUT" && pwd)
 
 if [ "$SHORT" = 1 ]; then
 	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512 GAP=4
-	WL_small='clwork writefiles --mib 1 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 2 --seed 2 >/dev/null'
-	WL_medium='clwork writefiles --mib 2 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 4 --seed 4 >/dev/null'
-	WL_medium_app='clwork writefiles --content app --mib 2 --dir /root/src --seed 5 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --content app --mib 4 --seed 6 >/dev/null'
 else
 	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048 GAP=64
-	WL_small='clwork writefiles --mib 4 --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib 8 --seed 2 >/dev/null'
-	WL_medium='clwork writefiles --mib 50 --dir /root/src --seed 3 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --mib 100 --seed 4 >/dev/null'
-	WL_medium_app='clwork writefiles --content app --mib 50 --dir /root/src --seed 5 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --content app --mib 100 --seed 6 >/dev/null'
 fi
+# shellcheck source=bench-workloads.sh
+. "$HERE/bench-workloads.sh"
+bench_workloads "$SHORT" # WL_small, WL_medium, WL_medium_app; app_script, jget
 WORKLOADS=(small medium medium-app)
 LINKS=(local 38mbit 1gbit)
 XDELTA_WINDOW=1073741824 # -B: source window covering the whole memory image (<= 1 GiB is xdelta3's max)
@@ -137,7 +134,6 @@ rec() { (
 	IFS=$'\t'
 	echo "$*"
 ) >>"$RAW"; }
-jget() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
 fsize() { stat -c %s "$1"; }
 
 free_port() {
@@ -207,12 +203,6 @@ make_base() {
 		return 1
 	}
 	vm-resume stop "$run" >/dev/null 2>&1 || true
-}
-
-# app_script WORKLOAD: the guest commands of a workload, ending with the app serving.
-app_script() {
-	local v="WL_${1//-/_}"
-	printf '%s && mkdir -p /www && echo %s > /www/index.html && clwork serve && sync' "${!v}" "$1"
 }
 
 # customize BASE WORKLOAD FULL [STAGES]: resume the base, run the workload, capture a full stream.
@@ -431,7 +421,6 @@ scale_one large "$SCALE_LARGE"
 #   freemem   the guest kernel zeroes freed pages (init_on_free=1, the kit's default);
 #             off: a base booted without it
 # Overlay bytes (zstd) of each; the report gives what each setting saves against both off.
-GAP_FREE_OFF_APPEND="console=ttyS0 root=/dev/vda rw quiet no_timer_check" # the kit's command line (lib/vm KitAppend) without init_on_free=1
 gap_one() { # VARIANT BASE TRIM(on|off)
 	local v=$1 gb=$2 trim=$3 pre="" post=""
 	if [ "$trim" = on ]; then post=" && fstrim /"; else pre="mount -o remount,nodiscard / && "; fi
@@ -446,7 +435,13 @@ gap_one() { # VARIANT BASE TRIM(on|off)
 log "semantic gap: ${GAP} MiB deleted and ${GAP} MiB freed, switches on and off"
 gap_one both-on "$B" on
 gap_one trim-off "$B" off
-make_base "$MEM" "$W/gapbase" "$GAP_FREE_OFF_APPEND"
+# the kit's kernel command line, as the base recorded it, without init_on_free=1
+gap_append=$(sed -n 's/.*"append": *"\([^"]*\)".*/\1/p' "$B/base.json" | sed 's/ *init_on_free=1//')
+[ -n "$gap_append" ] || {
+	echo "bench: no kernel command line in $B/base.json" >&2
+	exit 1
+}
+make_base "$MEM" "$W/gapbase" "$gap_append"
 gap_one freemem-off "$W/gapbase" on
 gap_one both-off "$W/gapbase" off
 rm -rf "$W/gapbase"

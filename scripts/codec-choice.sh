@@ -7,8 +7,9 @@
 #
 #   PATH=$PWD/bin:$PATH bash scripts/codec-choice.sh [RATE] [WORKLOAD]
 #
-# WORKLOAD is medium-app (default) or medium, as in scripts/bench.sh, in a
-# guest of MEM MiB (default 1024). It needs the guest kit and the tools on PATH.
+# WORKLOAD is small, medium or medium-app (default), the same guest commands
+# as scripts/bench.sh (scripts/bench-workloads.sh), in a guest of MEM MiB
+# (default 1024). It needs the guest kit and the tools on PATH.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -17,15 +18,16 @@ WL=${2:-medium-app}
 MEM=${MEM:-1024}
 RUNS=${RUNS:-3}
 KIT=$(cd "${CLOUDLET_GUEST_DIR:-$ROOT/.cache/guest}" && pwd)
+# shellcheck source=bench-workloads.sh
+. "$HERE/bench-workloads.sh"
+bench_workloads 0
 case $WL in
-medium) CONTENT=mixed SEEDS="3 4" ;;
-medium-app) CONTENT=app SEEDS="5 6" ;;
+small | medium | medium-app) ;;
 *)
-	echo "codec-choice: unknown workload $WL (medium or medium-app)" >&2
+	echo "codec-choice: unknown workload $WL (small, medium or medium-app)" >&2
 	exit 2
 	;;
 esac
-read -r S1 S2 <<<"$SEEDS"
 W=$(mktemp -d /tmp/cloudlet-codec.XXXXXX)
 export CLOUDLET_CATALOG=$W/catalog.json CLOUDLET_RUN_DIR=$W/run
 cleanup() {
@@ -33,7 +35,6 @@ cleanup() {
 	rm -rf "$W"
 }
 trap cleanup EXIT
-jget() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
 now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
 log() { echo "codec-choice: $*" >&2; }
 (cd "$ROOT" && "${GO:-go}" build -o "$W/" ./bench/ratelimit)
@@ -48,7 +49,7 @@ vm-resume stop "$run" >/dev/null 2>&1 || true
 log "workload $WL"
 cloudlet-base stream "$W/base" | vm-resume --base "$W/base" --kit "$KIT" --name cust --forward tcp:18480:80 >"$W/c.json"
 run=$(jget run_dir <"$W/c.json")
-vm-console --timeout 20m "$run" "clwork writefiles --content $CONTENT --mib 50 --dir /root/src --seed $S1 >/dev/null && cd /root && tar czf app.tgz src && mkdir -p /opt/app && tar xzf app.tgz -C /opt/app && clwork fillmem --content $CONTENT --mib 100 --seed $S2 >/dev/null && mkdir -p /www && echo $WL > /www/index.html && clwork serve && sync" >/dev/null
+vm-console --timeout 20m "$run" "$(app_script "$WL")" >/dev/null
 vm-capture --run "$run" --quit | mem-diff --base "$W/base" | disk-diff --base "$W/base" >"$W/diff"
 vm-resume stop "$run" >/dev/null 2>&1 || true
 for c in zstd xz; do overlay-pack --codec "$c" <"$W/diff" >"$W/$c.ov"; done

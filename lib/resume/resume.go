@@ -69,7 +69,7 @@ func newRunDir(opt *Options) (string, error) {
 		if err := os.MkdirAll(RunRoot(), 0o755); err != nil {
 			return "", err
 		}
-		SweepStale(RunRoot())
+		sweepStale(RunRoot())
 		var b [4]byte
 		rand.Read(b[:])
 		dir = filepath.Join(RunRoot(), opt.Name+"-"+hex.EncodeToString(b[:]))
@@ -116,42 +116,18 @@ func Stop(ctx context.Context, runDir string) error {
 	}
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
-	for alive(info.Pid) && time.Now().Before(deadline) {
+	for vm.Alive(info.Pid) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if alive(info.Pid) {
+	if vm.Alive(info.Pid) {
 		if p, err := os.FindProcess(info.Pid); err == nil {
 			p.Kill()
 		}
-		for i := 0; i < 100 && alive(info.Pid); i++ {
+		for i := 0; i < 100 && vm.Alive(info.Pid); i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	return os.RemoveAll(runDir)
-}
-
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return false
-	}
-	if p.Signal(nil) != nil {
-		return false
-	}
-	// a zombie (not yet reaped by its parent) is not alive for us
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	for i := len(b) - 1; i > 0; i-- {
-		if b[i] == ')' && i+2 < len(b) {
-			return b[i+2] != 'Z'
-		}
-	}
-	return true
 }
 
 func toInfoForwards(fs []vm.Forward) []instance.Forward {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -38,45 +37,32 @@ func isStale(dir string) bool {
 	if _, err := os.Stat(filepath.Join(dir, instance.FileName)); err == nil {
 		return false
 	}
-	b, err := os.ReadFile(filepath.Join(dir, OwnerFile))
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return err == nil && pid > 0 && !alive(pid)
+	pid, err := vm.ReadPid(filepath.Join(dir, OwnerFile))
+	return err == nil && !vm.Alive(pid)
 }
 
 // removeStale kills the QEMU a stale run folder may still hold (only if its
 // command line names the folder, so a recycled pid is left alone) and
 // removes the folder.
 func removeStale(dir string) error {
-	if b, err := os.ReadFile(filepath.Join(dir, vm.PidFileName)); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && alive(pid) {
-			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if bytes.Contains(cmd, []byte(dir)) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				for i := 0; i < 100 && alive(pid); i++ {
-					time.Sleep(20 * time.Millisecond)
-				}
+	if pid, err := vm.ReadPid(filepath.Join(dir, vm.PidFileName)); err == nil && vm.Alive(pid) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(cmd, []byte(dir)) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			for i := 0; i < 100 && vm.Alive(pid); i++ {
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
 	}
 	return os.RemoveAll(dir)
 }
 
-// SweepStale removes the stale run folders directly under root and
-// returns their paths.
-func SweepStale(root string) []string {
-	ents, err := os.ReadDir(root)
-	if err != nil {
-		return nil
-	}
-	var gone []string
+// sweepStale removes the stale run folders directly under root.
+func sweepStale(root string) {
+	ents, _ := os.ReadDir(root)
 	for _, e := range ents {
-		d := filepath.Join(root, e.Name())
-		if e.IsDir() && isStale(d) && removeStale(d) == nil {
-			gone = append(gone, d)
+		if d := filepath.Join(root, e.Name()); e.IsDir() && isStale(d) {
+			removeStale(d)
 		}
 	}
-	return gone
 }

@@ -72,7 +72,7 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	if err := os.Chmod(c.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("vm: %w", err)
 	}
-	if pid, err := readPid(c.PidFile()); err == nil && alive(pid) {
+	if pid, err := ReadPid(c.PidFile()); err == nil && Alive(pid) {
 		return nil, fmt.Errorf("vm: %s already holds a running QEMU (pid %d)", c.RunDir, pid)
 	}
 	for _, p := range []string{c.QMPPath(), c.SerialPath(), c.PidFile()} {
@@ -172,16 +172,16 @@ func Attach(cfg Config) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	pid, err := readPid(c.PidFile())
+	pid, err := ReadPid(c.PidFile())
 	if err != nil {
 		return nil, fmt.Errorf("vm: attach: %w", err)
 	}
-	if !alive(pid) {
+	if !Alive(pid) {
 		return nil, fmt.Errorf("vm: attach: pid %d from %s is not running", pid, c.PidFile())
 	}
 	in := &Instance{Config: c, Pid: pid, done: make(chan struct{})}
 	go func() {
-		for alive(pid) {
+		for Alive(pid) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		close(in.done)
@@ -189,7 +189,8 @@ func Attach(cfg Config) (*Instance, error) {
 	return in, nil
 }
 
-func readPid(path string) (int, error) {
+// ReadPid reads a pid file (QEMU's, or a run folder's owner file).
+func ReadPid(path string) (int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
@@ -201,9 +202,9 @@ func readPid(path string) (int, error) {
 	return pid, nil
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil { // kill(0 or -1, 0) would name a group
 		return false
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
