@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
 	"cloudlet/format"
@@ -31,7 +30,8 @@ The catalog is a JSON list of {"name","sha256","path"}, as the original
 server used; --catalog or $CLOUDLET_CATALOG choose the file.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	var catalog string
+	var catalog, image string
+	var kits cli.StringSlice
 	withCatalog := func(fn func(c *base.Catalog, cc *cli.Context) error) cli.ActionFunc {
 		return func(cc *cli.Context) error {
 			c, err := base.LoadCatalog(catalog)
@@ -64,14 +64,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	app := cliutil.NewApp("cloudlet-base", "make base VMs and manage the base catalog",
 		"cloudlet-base [--catalog FILE] COMMAND ...", description,
-		[]cli.Flag{&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"}},
+		[]cli.Flag{cliutil.Path(&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"})},
 		nil, stdin, stderr)
 	app.Commands = []*cli.Command{
 		{
 			Name: "create", Usage: "make a base folder from a full stream on stdin", ArgsUsage: "DIR",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "image", Usage: "the disk image the captured VM was launched from"},
-				&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted (repeatable)"},
+				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "the disk image (raw or qcow2) the captured VM was launched from", Destination: &image}),
+				cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted (repeatable)", Destination: &kits}),
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
@@ -81,10 +81,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
-				dir, _ = filepath.Abs(dir)
+				if dir, err = cliutil.AbsArg("DIR", dir); err != nil {
+					return err
+				}
 				start := time.Now()
 				m, err := base.Create(dir, format.NewReader(stdin), base.CreateOptions{
-					Name: cc.String("name"), Image: cc.String("image"), KitDirs: cc.StringSlice("kit"), Windows: cc.Bool("windows")})
+					Name: cc.String("name"), Image: image, KitDirs: kits.Value(), Windows: cc.Bool("windows")})
 				if err != nil {
 					return err
 				}
@@ -106,7 +108,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
-				dir, _ = filepath.Abs(dir)
+				if dir, err = cliutil.AbsArg("DIR", dir); err != nil {
+					return err
+				}
 				b, err := base.Open(dir)
 				if err != nil {
 					return err

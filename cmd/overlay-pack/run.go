@@ -44,7 +44,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			&cli.IntFlag{Name: "segment-size", Value: overlay.DefaultSegmentSize, Usage: "raw bytes per segment, 65536-16777216", Destination: &o.SegmentSize},
 			&cli.Float64Flag{Name: "bandwidth", Value: overlay.DefaultBandwidth, Usage: "link speed in Mbit/s that --codec auto plans for", EnvVars: []string{"CLOUDLET_BANDWIDTH"}, Destination: &o.Bandwidth},
 			&cli.IntFlag{Name: "workers", Usage: "compression workers (default: all cores)", Destination: &o.Workers},
-			&cli.StringFlag{Name: "sign", Usage: "sign the overlay with this ed25519 private key file (from overlay-keygen)", EnvVars: []string{"CLOUDLET_SIGN_KEY"}, Destination: &keyFile},
+			cliutil.Path(&cli.StringFlag{Name: "sign", Usage: "sign the overlay with this ed25519 private key file (from overlay-keygen)", EnvVars: []string{"CLOUDLET_SIGN_KEY"}, Destination: &keyFile}),
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
 		},
 		func(c *cli.Context) error {

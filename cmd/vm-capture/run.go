@@ -40,9 +40,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	app := cliutil.NewApp("vm-capture", "capture a running QEMU VM as a full cloudlet stream",
 		"vm-capture (--run DIR | --qmp SOCK [--disk TOP]) [--resume | --quit] > stream", description,
 		[]cli.Flag{
-			&cli.StringFlag{Name: "run", Usage: "run folder of a VM started by vm-resume", Destination: &runDir},
-			&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp},
-			&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp)", Destination: &diskTop},
+			cliutil.Path(&cli.StringFlag{Name: "run", Usage: "run folder of a VM started by vm-resume", Destination: &runDir}),
+			cliutil.Path(&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp}),
+			cliutil.Path(&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp)", Destination: &diskTop}),
 			&cli.StringSliceFlag{Name: "forward", Usage: "port forward to record for a --qmp VM, tcp:HOST:GUEST", Destination: &fwds},
 			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resumeVM},
 			&cli.BoolFlag{Name: "quit", Usage: "end the VM after the capture", Destination: &quit},

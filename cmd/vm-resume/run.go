@@ -27,7 +27,7 @@ pid, QMP socket, serial console socket and log, forwarded ports, run folder),
 then detaches, leaving QEMU running (or waits for it with --wait).
 
    vm-resume [flags] < stream         resume a VM from a cloudlet stream
-   vm-resume launch [flags]           boot a fresh VM from a disk image
+   vm-resume launch [flags]           boot a fresh VM from a disk image (raw or qcow2)
    vm-resume stop RUN                 end an instance and remove its run folder
 
 A stream is either a full stream (vm-capture's output) or a stream relative
@@ -50,12 +50,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var kits cli.StringSlice
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "instance name", Value: "cloudlet", Destination: &o.Name},
-		&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir},
+		cliutil.Path(&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir}),
 		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:[ADDR:]HOSTPORT:GUESTPORT, ADDR default 127.0.0.1 (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
 		&cli.StringFlag{Name: "accel", Usage: "auto, kvm or tcg", Value: "auto", EnvVars: []string{"CLOUDLET_ACCEL"}, Destination: &o.Accel},
 		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless (adds a VGA device: resume a VM captured with --vnc with --vnc too)", Destination: &o.VNC},
 		&cli.BoolFlag{Name: "wait", Usage: "stay in the foreground until the VM exits, then remove its run folder", Destination: &wait},
-		&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits},
+		cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits}),
 	}
 	prepare := func(c *cli.Context) error {
 		o.Log = stderr
@@ -87,9 +87,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	app := cliutil.NewApp("vm-resume", "resume a VM from a cloudlet stream, or launch one from an image",
 		"vm-resume [flags] [-- QEMU ARGS] < stream", description,
 		append([]cli.Flag{
-			&cli.StringFlag{Name: "base", Usage: "base folder for streams relative to a base (default: the catalog)", Destination: &baseDir},
-			&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog},
-			&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images},
+			cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder for streams relative to a base (default: the catalog)", Destination: &baseDir}),
+			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
+			cliutil.Paths(&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images}),
 		}, common...),
 		func(c *cli.Context) error {
 			if err := prepare(c); err != nil {
@@ -115,28 +115,41 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			Name: "launch", Usage: "boot a fresh VM from a disk image in the capturable layout",
 			ArgsUsage: "[-- QEMU ARGS]",
 			Flags: append([]cli.Flag{
-				&cli.StringFlag{Name: "image", Usage: "raw disk image (default: the kit's rootfs.img); never written", Destination: &lo.Image},
-				&cli.StringFlag{Name: "kernel", Usage: "kernel (default: the kit's vmlinuz)", Destination: &lo.Kernel},
-				&cli.StringFlag{Name: "initrd", Usage: "initrd (default: the kit's initrd.img)", Destination: &lo.Initrd},
-				&cli.StringFlag{Name: "append", Usage: "kernel command line", Value: vm.KitAppend, Destination: &lo.Append},
+				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "disk image, raw or qcow2 (a qcow2 may have its own backing chain); never written (default: the kit's rootfs.img)", Destination: &lo.Image}),
+				&cli.StringFlag{Name: "image-format", Usage: "raw or qcow2 (default: detected with qemu-img info)", Destination: &lo.ImageFormat},
+				cliutil.Path(&cli.StringFlag{Name: "kernel", Usage: "boot this kernel directly; without it the image boots through its own bootloader (SeaBIOS). Default: the kit's vmlinuz when the image is the kit's", Destination: &lo.Kernel}),
+				cliutil.Path(&cli.StringFlag{Name: "initrd", Usage: "initrd (needs --kernel; default: the kit's initrd.img with the kit's kernel)", Destination: &lo.Initrd}),
+				&cli.StringFlag{Name: "append", Usage: "kernel command line (needs --kernel; default: the kit's line with the kit's kernel)", Destination: &lo.Append},
 				&cli.IntFlag{Name: "mem", Usage: "guest RAM in MiB", Value: 256, Destination: &lo.MemMiB},
 			}, common...),
 			Action: func(c *cli.Context) error {
 				if err := prepare(c); err != nil {
 					return err
 				}
+				// The kit is one example of an image: its kernel, initrd
+				// and kernel line are the defaults only for its own image.
 				if k := kits.Value(); len(k) > 0 {
-					def := func(p *string, name string) {
-						if *p == "" {
-							*p = filepath.Join(k[0], name)
+					kitImage := filepath.Join(k[0], "rootfs.img")
+					if lo.Image == "" {
+						lo.Image = kitImage
+					}
+					if lo.Image == kitImage && lo.Kernel == "" {
+						lo.Kernel, lo.Initrd = filepath.Join(k[0], "vmlinuz"), filepath.Join(k[0], "initrd.img")
+						if !c.IsSet("append") {
+							lo.Append = vm.KitAppend
 						}
 					}
-					def(&lo.Image, "rootfs.img")
-					def(&lo.Kernel, "vmlinuz")
-					def(&lo.Initrd, "initrd.img")
 				}
 				if lo.Image == "" {
 					return cliutil.Usagef("launch needs --image (or --kit with a rootfs.img)")
+				}
+				if lo.Kernel == "" && (lo.Initrd != "" || lo.Append != "") {
+					return cliutil.Usagef("--initrd and --append need --kernel; without --kernel the image boots through its own bootloader")
+				}
+				switch lo.ImageFormat {
+				case "", "raw", "qcow2":
+				default:
+					return cliutil.Usagef("--image-format %q: want raw or qcow2", lo.ImageFormat)
 				}
 				lo.Options = o
 				info, err := resume.Launch(ctx, lo)

@@ -1,6 +1,7 @@
 package base
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -76,8 +77,18 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 				return nil, fmt.Errorf("image %s has sha256 %s; the stream's disk is relative to %s", opt.Image, sum, vm.DiskBase)
 			}
 		}
-		if out, err := exec.Command("cp", "--sparse=always", "--reflink=auto", opt.Image, disk).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("copying %s: %v: %s", opt.Image, err, out)
+		// A base disk is raw (the diff stages map it): a qcow2 image,
+		// with its backing chain, is converted; a raw one copied sparsely.
+		cmd := exec.Command("cp", "--sparse=always", "--reflink=auto", opt.Image, disk)
+		switch vm.DiskFormat {
+		case "", "raw":
+		case "qcow2":
+			cmd = exec.Command("qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", opt.Image, disk)
+		default:
+			return nil, fmt.Errorf("the stream's disk image format %q is not raw or qcow2", vm.DiskFormat)
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("copying %s: %v: %s", opt.Image, err, bytes.TrimSpace(out))
 		}
 		if err := os.Chmod(disk, 0o644); err != nil {
 			return nil, err
@@ -165,7 +176,7 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 	}
 	meta.DiskSHA, meta.MemSHA, meta.DevSHA = hex.EncodeToString(sums[0]), hex.EncodeToString(sums[1]), hex.EncodeToString(sums[2])
 	meta.ID = ComputeID(sums[0], sums[1], sums[2])
-	meta.VM.DiskBase = meta.DiskSHA
+	meta.VM.DiskBase, meta.VM.DiskFormat = meta.DiskSHA, "raw"
 	if err := WriteMeta(tmp, meta); err != nil {
 		return nil, err
 	}

@@ -127,6 +127,28 @@ func (c *Console) waitMatch(ctx context.Context, from int, match func([]byte) in
 	}
 }
 
+// WaitRegexp is WaitFor for a regular expression.
+func (c *Console) WaitRegexp(ctx context.Context, re *regexp.Regexp) error {
+	c.mu.Lock()
+	from := c.cursor
+	c.mu.Unlock()
+	end, err := c.waitMatch(ctx, from, func(b []byte) int {
+		if m := re.FindIndex(b); m != nil {
+			return m[1]
+		}
+		return -1
+	})
+	if err != nil {
+		return fmt.Errorf("console: waiting for /%s/: %w", re, err)
+	}
+	c.mu.Lock()
+	if end > c.cursor {
+		c.cursor = end
+	}
+	c.mu.Unlock()
+	return nil
+}
+
 // WaitFor waits until substr appears in the output after the end of the
 // previous WaitFor match (or the start), and consumes the output up to the
 // end of the match.

@@ -159,10 +159,10 @@ func TestTopLayerRoundTrip(t *testing.T) {
 	baseHash := hashFile(t, base)
 	top := filepath.Join(dir, "top.qcow2")
 
-	if err := CreateTop(ctx, "base.raw", top); err == nil {
+	if err := CreateTop(ctx, "base.raw", "raw", top); err == nil {
 		t.Error("CreateTop accepted a relative base")
 	}
-	if err := CreateTop(ctx, base, top); err != nil {
+	if err := CreateTop(ctx, base, "raw", top); err != nil {
 		t.Fatal(err)
 	}
 	if exts, err := Extents(ctx, top); err != nil || len(exts) != 0 {
@@ -451,7 +451,7 @@ func BenchmarkNBD(b *testing.B) {
 		}
 		if format == "raw" {
 			img = base
-		} else if err := CreateTop(context.Background(), base, img); err != nil {
+		} else if err := CreateTop(context.Background(), base, "raw", img); err != nil {
 			b.Fatal(err)
 		}
 		srv, err := Serve(context.Background(), img, format, false)

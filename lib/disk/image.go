@@ -46,21 +46,29 @@ func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// CreateTop creates TOP as a qcow2 copy-on-write layer over the raw image
-// BASE (qemu-img create -f qcow2 -b BASE -F raw TOP). BASE must be an
+// CreateTop creates TOP as a qcow2 copy-on-write layer over the image BASE
+// of format baseFormat ("raw" when empty; "qcow2" keeps its own backing
+// chain): qemu-img create -f qcow2 -b BASE -F FORMAT TOP. BASE must be an
 // absolute path, since it is recorded in TOP; it is never written.
-func CreateTop(ctx context.Context, base, top string) error {
+func CreateTop(ctx context.Context, base, baseFormat, top string) error {
 	if !filepath.IsAbs(base) {
 		return fmt.Errorf("disk: base image %q is not an absolute path", base)
 	}
 	if _, err := os.Stat(base); err != nil {
 		return fmt.Errorf("disk: base image: %w", err)
 	}
+	switch baseFormat {
+	case "":
+		baseFormat = FormatRaw
+	case FormatRaw, FormatQCOW2:
+	default:
+		return fmt.Errorf("disk: base image format %q: want raw or qcow2", baseFormat)
+	}
 	top, err := filepath.Abs(top)
 	if err != nil {
 		return fmt.Errorf("disk: %w", err)
 	}
-	if _, err := runTool(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top); err != nil {
+	if _, err := runTool(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", baseFormat, top); err != nil {
 		return fmt.Errorf("disk: creating top layer: %w", err)
 	}
 	return nil

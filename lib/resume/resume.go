@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"cloudlet/format"
 	"cloudlet/lib/base"
+	"cloudlet/lib/disk"
 	"cloudlet/lib/instance"
 	"cloudlet/lib/qmpctl"
 	"cloudlet/lib/vm"
@@ -184,23 +186,38 @@ func infoFor(in *vm.Instance, cfg vm.Config) *instance.Info {
 // LaunchOptions say what to boot.
 type LaunchOptions struct {
 	Options
-	Image  string // raw disk image (never written: the VM gets a qcow2 top layer)
+	// Image is the disk image, raw or qcow2 (with its own backing chain);
+	// never written: the VM gets a qcow2 top layer over it.
+	Image       string
+	ImageFormat string // "raw", "qcow2", or "" to detect with qemu-img info
+	// Without Kernel the VM boots through the image's own bootloader
+	// (SeaBIOS); Initrd and Append then must be empty.
 	Kernel string
 	Initrd string
 	Append string
 	MemMiB int
 }
 
-// Launch boots a fresh VM from an image in the capturable layout.
+// Launch boots a fresh VM from an image in the capturable layout. The image
+// is checked first (disk.Inspect, and its boot sector when there is no
+// kernel); a refused image leaves nothing behind.
 func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	start := time.Now()
-	img, err := filepath.Abs(lo.Image)
+	img, err := disk.Inspect(ctx, lo.Image, lo.ImageFormat)
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(img)
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
+	if lo.Kernel == "" {
+		if lo.Initrd != "" || lo.Append != "" {
+			return nil, errors.New("--initrd and --append need --kernel (without --kernel the image boots through its own bootloader)")
+		}
+		ok, found, err := disk.Bootable(ctx, img)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("image %s cannot boot on its own: its first sector ends in %s, not the boot signature 55 aa (no bootloader or partition table); give --kernel (and --initrd, --append) to boot a kernel directly", lo.Image, found)
+		}
 	}
 	dir, err := newRunDir(&lo.Options)
 	if err != nil {
@@ -208,8 +225,10 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	}
 	cl := &cleanup{dir: dir}
 	defer cl.run()
-	desc := format.VMDesc{MemSize: uint64(max(lo.MemMiB, 1)) << 20, DiskSize: uint64(st.Size()), DiskFormat: "raw", Append: lo.Append, IgnoreShared: true}
-	if desc.DiskBase, err = base.FileSHA256(img); err != nil {
+	desc := format.VMDesc{MemSize: uint64(max(lo.MemMiB, 1)) << 20, DiskSize: uint64(img.VirtualSize), DiskFormat: img.Format, Append: lo.Append, IgnoreShared: true}
+	// disk_base names the image file itself (for a qcow2, the top of its
+	// chain: its backing files are read-only to every VM that uses it).
+	if desc.DiskBase, err = base.FileSHA256(img.Path); err != nil {
 		return nil, err
 	}
 	if lo.Kernel != "" {
@@ -225,7 +244,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	cfg := vm.Config{
 		Name: lo.Name, RunDir: dir, MemMiB: lo.MemMiB, MemShare: true,
 		Kernel: lo.Kernel, Initrd: lo.Initrd, Append: lo.Append,
-		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img, BaseFormat: "raw",
+		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img.Path, BaseFormat: img.Format,
 		Forwards: lo.Forwards, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
 	}
 	in, err := vm.Start(ctx, cfg)
@@ -240,7 +259,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	if v, err := vm.QEMUVersion(); err == nil {
 		desc.QEMUVersion = reVersion.FindString(v)
 	}
-	info.VM, info.DiskImage, info.Resumed = desc, img, "image"
+	info.VM, info.DiskImage, info.Resumed = desc, img.Path, "image"
 	info.Timings["launch"] = time.Since(start).Seconds()
 	if err := instance.Write(dir, info); err != nil {
 		return nil, err

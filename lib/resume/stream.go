@@ -56,7 +56,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	defer cl.run()
 
 	// Where the pieces come from.
-	var kernel, initrd, image string
+	var kernel, initrd, image, imageFormat string
 	searchDirs := so.KitDirs
 	if b != nil {
 		searchDirs = append([]string{b.Dir}, searchDirs...)
@@ -69,9 +69,11 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	if h.VM.DiskSize > 0 {
 		if b != nil {
-			image = b.Path(base.DiskFile)
+			image, imageFormat = b.Path(base.DiskFile), disk.FormatRaw // a base's disk is raw
 		} else if image, err = findImage(h.VM.DiskBase, so.Images); err != nil {
 			return nil, err
+		} else {
+			imageFormat = h.VM.DiskFormat
 		}
 	}
 
@@ -97,7 +99,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	if image != "" {
 		cfg.Disk = filepath.Join(dir, "disk.qcow2")
-		if err := disk.CreateTop(ctx, image, cfg.Disk); err != nil {
+		if err := disk.CreateTop(ctx, image, imageFormat, cfg.Disk); err != nil {
 			return nil, err
 		}
 		sp.top = cfg.Disk

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"cloudlet/lib/disk"
 )
 
 // Instance is a running (or finished) QEMU process.
@@ -34,33 +36,11 @@ func (in *Instance) SerialLog() string  { return in.Config.SerialLog() }
 func (in *Instance) PidFile() string    { return in.Config.PidFile() }
 func (in *Instance) MemPath() string    { return in.Config.MemPath }
 
-// CreateOverlay creates a qcow2 top layer top over base (format baseFormat,
-// e.g. "raw") with qemu-img; base is only ever read.
-func CreateOverlay(ctx context.Context, base, baseFormat, top string) error {
-	if err := CheckPath("base", base); err != nil {
-		return err
-	}
-	if err := CheckPath("top", top); err != nil {
-		return err
-	}
-	if baseFormat == "" {
-		baseFormat = "raw"
-	}
-	if !reModel.MatchString(baseFormat) {
-		return fmt.Errorf("vm: unsafe base format %q", baseFormat)
-	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-b", base, "-F", baseFormat, top).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("vm: qemu-img create %s: %v: %s", top, err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
 // Start validates cfg, prepares RunDir (created 0700; it may exist but then
 // must not hold a live instance), creates the disk top layer if asked, and
-// starts QEMU in its own session. It returns once QEMU's QMP socket exists,
-// or with an error (including the tail of QEMU's log) if QEMU exits first.
+// starts QEMU in its own session. It returns once QEMU is ready (QMP answers
+// and the memory file exists), or with an error that includes the tail of
+// QEMU's log if QEMU exits first.
 func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	c, err := cfg.Normalize()
 	if err != nil {
@@ -91,7 +71,7 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	}
 	if c.Disk != "" {
 		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) && c.BaseDisk != "" {
-			if err := CreateOverlay(ctx, c.BaseDisk, c.BaseFormat, c.Disk); err != nil {
+			if err := disk.CreateTop(ctx, c.BaseDisk, c.BaseFormat, c.Disk); err != nil {
 				return nil, err
 			}
 		} else if err != nil {
@@ -137,23 +117,54 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	return in, nil
 }
 
+// waitReady returns once QEMU is ready to be used: its QMP and serial
+// sockets exist, QMP answers query-status, and (for a memory file QEMU
+// creates) the memory file exists at full size. QEMU creates its sockets
+// before its memory, so the sockets alone say too little.
 func (in *Instance) waitReady(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
+	var last error
 	for {
-		if st, err := os.Stat(in.QMPPath()); err == nil && st.Mode()&os.ModeSocket != 0 {
-			if st, err := os.Stat(in.SerialPath()); err == nil && st.Mode()&os.ModeSocket != 0 {
-				return nil
-			}
+		if last = in.readyNow(ctx); last == nil {
+			return nil
 		}
 		select {
 		case <-in.done:
 			return fmt.Errorf("vm: QEMU exited during start (%v): %s", in.waitErr, in.LogTail(2000))
 		case <-ctx.Done():
-			return fmt.Errorf("vm: waiting for QEMU sockets: %w", ctx.Err())
+			return fmt.Errorf("vm: waiting for QEMU to be ready: %w (last: %v); QEMU log: %s", ctx.Err(), last, in.LogTail(1000))
 		case <-t.C:
 		}
 	}
+}
+
+func (in *Instance) readyNow(ctx context.Context) error {
+	for _, p := range []string{in.QMPPath(), in.SerialPath()} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if st.Mode()&os.ModeSocket == 0 {
+			return fmt.Errorf("%s is not a socket", p)
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := QMPPing(qctx, in.QMPPath())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("QMP: %w", err)
+	}
+	if c := in.Config; !c.MemPlain {
+		st, err := os.Stat(c.MemPath)
+		if err != nil {
+			return err
+		}
+		if st.Size() != int64(c.MemMiB)<<20 {
+			return fmt.Errorf("memory file %s is %d bytes, want %d", c.MemPath, st.Size(), int64(c.MemMiB)<<20)
+		}
+	}
+	return nil
 }
 
 // LogTail returns up to n bytes from the end of QEMU's own log.

@@ -12,7 +12,15 @@ import (
 // QMPQuit connects to a QMP socket, negotiates capabilities and sends
 // "quit". It is the small piece of QMP that stopping an instance needs; the
 // full client lives elsewhere.
-func QMPQuit(ctx context.Context, path string) error {
+func QMPQuit(ctx context.Context, path string) error { return qmpExec(ctx, path, "quit") }
+
+// QMPPing connects to a QMP socket, negotiates capabilities and runs
+// query-status: it succeeds once QEMU's monitor serves commands.
+func QMPPing(ctx context.Context, path string) error { return qmpExec(ctx, path, "query-status") }
+
+// qmpExec runs argument-less commands on a fresh QMP connection and closes
+// it (QEMU serves one QMP client at a time).
+func qmpExec(ctx context.Context, path string, cmds ...string) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -29,7 +37,7 @@ func QMPQuit(ctx context.Context, path string) error {
 	if _, err := readQMP(r); err != nil {
 		return fmt.Errorf("qmp greeting: %w", err)
 	}
-	for _, cmd := range []string{"qmp_capabilities", "quit"} {
+	for _, cmd := range append([]string{"qmp_capabilities"}, cmds...) {
 		if _, err := fmt.Fprintf(conn, "{\"execute\":%q}\n", cmd); err != nil {
 			return err
 		}
