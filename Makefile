@@ -7,7 +7,8 @@ BIN := $(CURDIR)/bin
 CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
 export CLOUDLET_GUEST_DIR
 TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen
-APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils
+APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
+	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf
 
 .PHONY: all deps build kit test demo bench lint fuzz clean
 
@@ -28,6 +29,7 @@ build:
 
 kit: deps
 	bash scripts/guest-kit.sh $(CLOUDLET_GUEST_DIR)
+	bash scripts/guest-image.sh $(CLOUDLET_GUEST_DIR)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi

@@ -59,8 +59,8 @@ type infoEntry struct {
 var reMissing = regexp.MustCompile(`Could not open '([^']+)': (?:Could not open '[^']+': )?(.*)`)
 
 // Inspect checks that path is a disk image the tools can use as a
-// read-only base: a regular file in raw or qcow2 format (format "" detects
-// it with qemu-img info; a given format must match), every file of a
+// read-only base: a regular file in raw or qcow2 format (detected with
+// qemu-img info; a given format must match what was detected), every file of a
 // qcow2's backing chain present, and no running QEMU holding any of them
 // for writing. Each refusal is an *ImageError naming the file and what was
 // found.
@@ -87,11 +87,7 @@ func Inspect(ctx context.Context, path, format string) (*Image, error) {
 	default:
 		return nil, imageErr(path, "format %q is not supported: give raw or qcow2", format)
 	}
-	args := []string{"info", "--output=json", "--backing-chain", "-U"}
-	if format != "" {
-		args = append(args, "-f", format)
-	}
-	out, err := runTool(ctx, "qemu-img", append(args, abs)...)
+	out, err := runTool(ctx, "qemu-img", "info", "--output=json", "--backing-chain", "-U", abs)
 	if err != nil {
 		if m := reMissing.FindStringSubmatch(err.Error()); m != nil && m[1] != abs {
 			return nil, imageErr(path, "its backing file %s cannot be opened (%s): restore it, or give an image whose backing chain is complete", m[1], strings.TrimSpace(m[2]))
@@ -103,6 +99,9 @@ func Inspect(ctx context.Context, path, format string) (*Image, error) {
 		return nil, imageErr(path, "unexpected qemu-img info output: %.200q", out)
 	}
 	top := chain[0]
+	if format != "" && format != top.Format {
+		return nil, imageErr(path, "is a %s image (qemu-img info), not %s as the given format says: a %s file used as %s shows the guest the wrong disk", top.Format, format, top.Format, format)
+	}
 	img := &Image{Path: abs, Format: top.Format, VirtualSize: top.VirtualSize}
 	switch top.Format {
 	case FormatRaw:
@@ -141,7 +140,7 @@ func Inspect(ctx context.Context, path, format string) (*Image, error) {
 		files = append(files, b)
 	}
 	for _, f := range files {
-		if busy, err := writeLocked(f); err != nil {
+		if busy, err := WriteLocked(f); err != nil {
 			return nil, imageErr(path, "checking QEMU's lock on %s: %v", f, err)
 		} else if busy {
 			what := "it"
@@ -157,9 +156,6 @@ func Inspect(ctx context.Context, path, format string) (*Image, error) {
 // checkRaw refuses files that qemu-img calls raw only because it calls
 // everything raw: sizes that are no disk's, and text.
 func checkRaw(path string, size int64) error {
-	if size%512 != 0 {
-		return imageErr(path, "is %d bytes, not a multiple of 512: not a disk image", size)
-	}
 	f, err := os.Open(path)
 	if err != nil {
 		return imageErr(path, "%v", err)
@@ -171,6 +167,9 @@ func checkRaw(path string, size int64) error {
 	if looksText(head) {
 		line, _, _ := bytes.Cut(head, []byte("\n"))
 		return imageErr(path, "looks like a text file (it starts %.40q), not a disk image", line)
+	}
+	if size%512 != 0 {
+		return imageErr(path, "is %d bytes, not a multiple of 512: not a disk image", size)
 	}
 	return nil
 }
@@ -197,9 +196,9 @@ const (
 	fOFDGetlk     = 36 // F_OFD_GETLK
 )
 
-// writeLocked reports whether some process (a running QEMU) holds QEMU's
+// WriteLocked reports whether some process (a running QEMU) holds QEMU's
 // write permission lock on path.
-func writeLocked(path string) (bool, error) {
+func WriteLocked(path string) (bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return false, err

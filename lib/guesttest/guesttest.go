@@ -334,3 +334,30 @@ func Main(m *testing.M) int {
 	}
 	return code
 }
+
+// RegularReady is what the regular test images' init prints on the serial
+// console once its shell is up (never the kit's ReadyMarker).
+const RegularReady = "regular-image login"
+
+// RegularImages are the test images scripts/guest-image.sh builds from the
+// kit: disks that boot through their own bootloader.
+type RegularImages struct {
+	Raw   string // MBR, SYSLINUX, root on partition 2
+	QCOW2 string // the same disk as qcow2
+	UEFI  string // GPT, EFI system partition with syslinux.efi
+}
+
+// Images returns the regular test images, skipping (or, with CI=true,
+// failing) the test when they are missing.
+func Images(t testing.TB) RegularImages {
+	t.Helper()
+	k := Kit(t)
+	d := filepath.Join(k.Dir, "images")
+	im := RegularImages{Raw: filepath.Join(d, "regular.raw"), QCOW2: filepath.Join(d, "regular.qcow2"), UEFI: filepath.Join(d, "uefi.raw")}
+	for _, p := range []string{im.Raw, im.QCOW2, im.UEFI} {
+		if _, err := os.Stat(p); err != nil {
+			skipOrFail(t, "guesttest: regular test image missing (make kit runs scripts/guest-image.sh): %v", err)
+		}
+	}
+	return im
+}

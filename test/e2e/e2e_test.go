@@ -250,6 +250,18 @@ const (
 	fillSeed  = 12
 )
 
+// appCmds are the `cloudlet overlay` arguments that install the app:
+// a web page served on port 80, files on disk, memory filled, a counter.
+func appCmds(baseID string) []string {
+	return []string{
+		"--cmd", fmt.Sprintf("echo '%s' > /www/index.html && clwork serve", pageFor(baseID)),
+		"--cmd", fmt.Sprintf("clwork writefiles --mib %d --dir /root/data --seed %d", filesMiB, filesSeed),
+		"--cmd", fmt.Sprintf("clwork fillmem --mib %d --seed %d", fillMiB, fillSeed),
+		"--cmd", "clwork counter --file /run/counter >/dev/null 2>&1 &",
+		"--cmd", "sleep 1; cp /run/counter /root/counter-at-capture",
+	}
+}
+
 func pageFor(baseID string) string { return "cloudlet e2e page over base " + baseID[:12] }
 
 // expectedSums: the checksums clwork writefiles/fillmem content must have,
@@ -378,13 +390,8 @@ func TestSynthesisEndToEnd(t *testing.T) {
 	// 2. overlay: web app, files on disk, memory filled, a counter running
 	port := guesttest.FreePort(t)
 	ovl := e.path("app.overlay")
-	out := e.cloudlet("overlay", baseDir, "--name", "app", "--out", ovl, "--forward", fmt.Sprintf("tcp:%d:80", port),
-		"--cmd", fmt.Sprintf("echo '%s' > /www/index.html && clwork serve", pageFor(baseID)),
-		"--cmd", fmt.Sprintf("clwork writefiles --mib %d --dir /root/data --seed %d", filesMiB, filesSeed),
-		"--cmd", fmt.Sprintf("clwork fillmem --mib %d --seed %d", fillMiB, fillSeed),
-		"--cmd", "clwork counter --file /run/counter >/dev/null 2>&1 &",
-		"--cmd", "sleep 1; cp /run/counter /root/counter-at-capture",
-	)
+	out := e.cloudlet(append([]string{"overlay", baseDir, "--name", "app", "--out", ovl, "--forward", fmt.Sprintf("tcp:%d:80", port)},
+		appCmds(baseID)...)...)
 	st, err := os.Stat(ovl)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"cloudlet/lib/guesttest"
+)
+
+// Regular VM images, which boot through their own bootloader (no -kernel),
+// as raw, as qcow2 and as a qcow2 with its own backing chain: base (ready
+// by a console line the user names) -> overlay (the app, ready when port
+// 80 answers) -> synthesis; the app answers through a forwarded port, the
+// base's customization is there, the images and the base are unchanged,
+// and no QEMU or run folder is left.
+func TestRegularImageEndToEnd(t *testing.T) {
+	imgs := guesttest.Images(t)
+	for _, tc := range []struct{ name, image string }{
+		{"raw", imgs.Raw},
+		{"qcow2", imgs.QCOW2},
+		{"qcow2-chain", ""}, // a qcow2 over regular.qcow2, made below
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			image, watched := tc.image, []string{imgs.Raw, imgs.QCOW2}
+			if image == "" {
+				image = e.path("chain.qcow2")
+				if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", imgs.QCOW2, "-F", "qcow2", image).CombinedOutput(); err != nil {
+					t.Fatalf("qemu-img create: %v: %s", err, out)
+				}
+				watched = append(watched, image)
+			}
+			before := fileSums(t, watched)
+
+			// Relative paths work: the tools run in e.dir.
+			rel, err := filepath.Rel(e.dir, image)
+			if err != nil {
+				t.Fatal(err)
+			}
+			baseID := e.cloudlet("base", rel, "--name", "reg", "--out", "reg.base",
+				"--ready-console", guesttest.RegularReady, "--cmd", "echo custom-"+tc.name+" > /root/base-mark && sync")
+			baseDir := e.path("reg.base")
+			if !strings.Contains(readFile(t, filepath.Join(baseDir, "base.json")), `"disk_format": "raw"`) {
+				t.Errorf("the base's disk is not recorded as raw:\n%s", readFile(t, filepath.Join(baseDir, "base.json")))
+			}
+
+			port := guesttest.FreePort(t)
+			ovl := e.path("app.overlay")
+			e.cloudlet(append([]string{"overlay", "reg.base", "--name", "app", "--out", ovl,
+				"--forward", fmt.Sprintf("tcp:%d:80", port), "--ready-port", "80"}, appCmds(baseID)...)...)
+
+			p := guesttest.FreePort(t)
+			in := parseInstance(t, e.cloudlet("synthesis", "reg.base", ovl, "--forward", fmt.Sprintf("tcp:%d:80", p)))
+			e.checkApp(in, p, baseID)
+			if got := e.console(in.RunDir, "cat /root/base-mark"); got != "custom-"+tc.name {
+				t.Errorf("the base's customization: /root/base-mark = %q", got)
+			}
+			e.stop(in)
+
+			if after := fileSums(t, watched); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Errorf("images changed:\nbefore %v\nafter  %v", before, after)
+			}
+			if out, stderr, code := e.run(2*time.Minute, nil, filepath.Join(binDir, "cloudlet-base"), "verify", baseDir); code != 0 {
+				t.Errorf("cloudlet-base verify: exit %d: %s%s", code, out, stderr)
+			}
+			if left, _ := os.ReadDir(e.path("run")); len(left) > 0 {
+				t.Errorf("run folders left: %v", left)
+			}
+		})
+	}
+}
+
+func fileSums(t *testing.T, paths []string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		out[filepath.Base(p)] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
