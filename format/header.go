@@ -37,7 +37,15 @@ type VMDesc struct {
 	Append       string     `msgpack:"append" json:"append"`
 	Forwards     []Forward  `msgpack:"forwards" json:"forwards"`
 	IgnoreShared bool       `msgpack:"ignore_shared" json:"ignore_shared"`
+	// Firmware is "" (QEMU's default BIOS, SeaBIOS) or "uefi": OVMF's code
+	// and variable store as pflash, named by sha256 like the kernel.
+	Firmware     string `msgpack:"firmware,omitempty" json:"firmware,omitempty"`
+	FirmwareCode string `msgpack:"firmware_code,omitempty" json:"firmware_code,omitempty"`
+	FirmwareVars string `msgpack:"firmware_vars,omitempty" json:"firmware_vars,omitempty"`
 }
+
+// FirmwareUEFI is VMDesc.Firmware for a VM started with UEFI (OVMF).
+const FirmwareUEFI = "uefi"
 
 // RAMBlock is one of QEMU's RAM blocks as the migration stream names it.
 type RAMBlock struct {
@@ -97,7 +105,16 @@ func (d *VMDesc) Validate() error {
 	if d.DiskFormat != "" && d.DiskFormat != "raw" && d.DiskFormat != "qcow2" {
 		return bad("disk_format", d.DiskFormat)
 	}
-	for f, v := range map[string]string{"disk_base": d.DiskBase, "kernel": d.Kernel, "initrd": d.Initrd} {
+	switch {
+	case d.Firmware == "" && (d.FirmwareCode != "" || d.FirmwareVars != ""):
+		return bad("firmware_code", d.FirmwareCode+d.FirmwareVars)
+	case d.Firmware == FirmwareUEFI && (d.FirmwareCode == "" || d.FirmwareVars == ""):
+		return bad("firmware", "uefi without firmware_code and firmware_vars")
+	case d.Firmware != "" && d.Firmware != FirmwareUEFI:
+		return bad("firmware", d.Firmware)
+	}
+	for f, v := range map[string]string{"disk_base": d.DiskBase, "kernel": d.Kernel, "initrd": d.Initrd,
+		"firmware_code": d.FirmwareCode, "firmware_vars": d.FirmwareVars} {
 		if !reSHA.MatchString(v) {
 			return bad(f, v)
 		}

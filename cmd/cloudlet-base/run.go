@@ -10,6 +10,7 @@ import (
 	"cloudlet/format"
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
+	"cloudlet/lib/vm"
 
 	"github.com/urfave/cli/v2"
 )
@@ -86,7 +87,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				start := time.Now()
 				m, err := base.Create(dir, format.NewReader(stdin), base.CreateOptions{
-					Name: cc.String("name"), Image: image, KitDirs: kits.Value(), Windows: cc.Bool("windows")})
+					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows")})
 				if err != nil {
 					return err
 				}

@@ -116,6 +116,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			ArgsUsage: "[-- QEMU ARGS]",
 			Flags: append([]cli.Flag{
 				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "disk image, raw or qcow2 (a qcow2 may have its own backing chain); never written (default: the kit's rootfs.img)", Destination: &lo.Image}),
+				&cli.StringFlag{Name: "firmware", Usage: "bios (SeaBIOS) or uefi (OVMF, Debian's ovmf package), for images that boot through their own bootloader", Value: "bios", Destination: &lo.Firmware},
 				&cli.StringFlag{Name: "image-format", Usage: "raw or qcow2 (default: detected with qemu-img info)", Destination: &lo.ImageFormat},
 				cliutil.Path(&cli.StringFlag{Name: "kernel", Usage: "boot this kernel directly; without it the image boots through its own bootloader (SeaBIOS). Default: the kit's vmlinuz when the image is the kit's", Destination: &lo.Kernel}),
 				cliutil.Path(&cli.StringFlag{Name: "initrd", Usage: "initrd (needs --kernel; default: the kit's initrd.img with the kit's kernel)", Destination: &lo.Initrd}),
@@ -145,6 +146,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				if lo.Kernel == "" && (lo.Initrd != "" || lo.Append != "") {
 					return cliutil.Usagef("--initrd and --append need --kernel; without --kernel the image boots through its own bootloader")
+				}
+				if lo.Firmware != vm.FirmwareBIOS && lo.Firmware != vm.FirmwareUEFI {
+					return cliutil.Usagef("--firmware %q: want bios or uefi", lo.Firmware)
 				}
 				switch lo.ImageFormat {
 				case "", "raw", "qcow2":

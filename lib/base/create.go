@@ -18,7 +18,7 @@ import (
 type CreateOptions struct {
 	Name    string
 	Image   string   // the disk image the stream's disk records are relative to (sha256 = disk_base)
-	KitDirs []string // folders searched for the kernel and initrd named by sha256
+	KitDirs []string // folders searched for the kernel, initrd and firmware named by sha256
 	Windows bool     // index the base disk at 512-byte steps too
 }
 
@@ -159,11 +159,12 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 			return nil, err
 		}
 	}
-	for name, sum := range map[string]string{KernelFile: vm.Kernel, InitrdFile: vm.Initrd} {
-		if sum == "" {
-			continue
+	for name, sum := range BootFiles(vm) {
+		src, err := FindBootFile(sum, name, opt.KitDirs)
+		if err != nil {
+			return nil, err
 		}
-		if err := copyBySHA(sum, opt.KitDirs, name, filepath.Join(tmp, name)); err != nil {
+		if err := CopyFile(src, filepath.Join(tmp, name)); err != nil {
 			return nil, err
 		}
 	}
@@ -214,17 +215,8 @@ func seal(dir string) error {
 	return os.Chmod(dir, 0o755)
 }
 
-func copyBySHA(sum string, dirs []string, name, dst string) error {
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if s, err := FileSHA256(p); err == nil && s == sum {
-			return copyFile(p, dst)
-		}
-	}
-	return fmt.Errorf("no %s with sha256 %s in %v: give the guest kit folder with --kit", name, short(sum), dirs)
-}
-
-func copyFile(src, dst string) error {
+// CopyFile copies src to a new file dst.
+func CopyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err

@@ -183,6 +183,21 @@ func infoFor(in *vm.Instance, cfg vm.Config) *instance.Info {
 	return info
 }
 
+// firmware is a UEFI VM's firmware: the code image and the variable store
+// template the VM's own store is copied from.
+type firmware struct{ code, varsTemplate string }
+
+// configure gives cfg UEFI firmware, with a fresh copy of the variable
+// store template in the run folder (the guest writes it).
+func (f firmware) configure(cfg *vm.Config) error {
+	vars := filepath.Join(cfg.RunDir, vm.UEFIVarsFileName)
+	if err := base.CopyFile(f.varsTemplate, vars); err != nil {
+		return fmt.Errorf("copying the UEFI variable store: %w", err)
+	}
+	cfg.Firmware, cfg.FirmwareCode, cfg.FirmwareVars = vm.FirmwareUEFI, f.code, vars
+	return nil
+}
+
 // LaunchOptions say what to boot.
 type LaunchOptions struct {
 	Options
@@ -190,12 +205,14 @@ type LaunchOptions struct {
 	// never written: the VM gets a qcow2 top layer over it.
 	Image       string
 	ImageFormat string // "raw", "qcow2", or "" to detect with qemu-img info
-	// Without Kernel the VM boots through the image's own bootloader
-	// (SeaBIOS); Initrd and Append then must be empty.
-	Kernel string
-	Initrd string
-	Append string
-	MemMiB int
+	// Firmware is "bios" (default, SeaBIOS) or "uefi" (OVMF from Debian's
+	// ovmf package). Without Kernel the VM boots through the image's own
+	// bootloader; Initrd and Append then must be empty.
+	Firmware string
+	Kernel   string
+	Initrd   string
+	Append   string
+	MemMiB   int
 }
 
 // Launch boots a fresh VM from an image in the capturable layout. The image
@@ -218,6 +235,19 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 		if !ok {
 			return nil, fmt.Errorf("image %s cannot boot on its own: its first sector ends in %s, not the boot signature 55 aa (no bootloader or partition table); give --kernel (and --initrd, --append) to boot a kernel directly", lo.Image, found)
 		}
+	}
+	var fw firmware
+	switch lo.Firmware {
+	case "", vm.FirmwareBIOS:
+	case vm.FirmwareUEFI:
+		for _, p := range []string{vm.DefaultUEFICode, vm.DefaultUEFIVars} {
+			if _, err := os.Stat(p); err != nil {
+				return nil, fmt.Errorf("UEFI needs Debian's ovmf package (apt-get install ovmf): %w", err)
+			}
+		}
+		fw = firmware{code: vm.DefaultUEFICode, varsTemplate: vm.DefaultUEFIVars}
+	default:
+		return nil, fmt.Errorf("firmware %q: want bios or uefi", lo.Firmware)
 	}
 	dir, err := newRunDir(&lo.Options)
 	if err != nil {
@@ -246,6 +276,18 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 		Kernel: lo.Kernel, Initrd: lo.Initrd, Append: lo.Append,
 		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img.Path, BaseFormat: img.Format,
 		Forwards: lo.Forwards, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
+	}
+	if fw.code != "" {
+		if desc.FirmwareCode, err = base.FileSHA256(fw.code); err != nil {
+			return nil, err
+		}
+		if desc.FirmwareVars, err = base.FileSHA256(fw.varsTemplate); err != nil {
+			return nil, err
+		}
+		desc.Firmware = format.FirmwareUEFI
+		if err := fw.configure(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	in, err := vm.Start(ctx, cfg)
 	if err != nil {

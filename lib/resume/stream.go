@@ -61,12 +61,13 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	if b != nil {
 		searchDirs = append([]string{b.Dir}, searchDirs...)
 	}
-	if kernel, err = findBySHA(h.VM.Kernel, base.KernelFile, searchDirs); err != nil {
-		return nil, err
+	files := map[string]string{}
+	for name, sum := range base.BootFiles(h.VM) {
+		if files[name], err = base.FindBootFile(sum, name, append(searchDirs, vm.FirmwareDir)); err != nil {
+			return nil, err
+		}
 	}
-	if initrd, err = findBySHA(h.VM.Initrd, base.InitrdFile, searchDirs); err != nil {
-		return nil, err
-	}
+	kernel, initrd = files[base.KernelFile], files[base.InitrdFile]
 	if h.VM.DiskSize > 0 {
 		if b != nil {
 			image, imageFormat = b.Path(base.DiskFile), disk.FormatRaw // a base's disk is raw
@@ -85,6 +86,12 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		Name: so.Name, RunDir: dir, MemMiB: int(h.VM.MemSize >> 20), Machine: h.VM.Machine, CPU: h.VM.CPU,
 		Kernel: kernel, Initrd: initrd, Append: h.VM.Append,
 		Forwards: forwards, Net: true, Incoming: true, VNC: so.VNC, Accel: so.Accel, ExtraArgs: so.ExtraArgs,
+	}
+	if h.VM.Firmware == format.FirmwareUEFI {
+		fw := firmware{code: files[base.FirmwareCodeFile], varsTemplate: files[base.FirmwareVarsFile]}
+		if err := fw.configure(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	sp := &spool{dir: dir, main: main, header: h, fileMem: h.Kind == format.KindFull && main == vm.MemBackendID}
 	switch {
@@ -165,19 +172,6 @@ func mainBlock(d format.VMDesc) string {
 		}
 	}
 	return vm.MemBackendID
-}
-
-func findBySHA(sum, name string, dirs []string) (string, error) {
-	if sum == "" {
-		return "", nil
-	}
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if s, err := base.FileSHA256(p); err == nil && s == sum {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("the stream's VM booted a %s with sha256 %s; none in %v: give the guest kit folder with --kit", name, sum, dirs)
 }
 
 func findImage(sum string, images []string) (string, error) {

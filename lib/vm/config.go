@@ -29,6 +29,17 @@ const (
 	KitAppend = "console=ttyS0 root=/dev/vda rw quiet init_on_free=1 no_timer_check"
 )
 
+// UEFI firmware from Debian's ovmf package: the code image (read-only) and
+// the variable store template each VM gets its own copy of.
+const (
+	FirmwareDir      = "/usr/share/OVMF"
+	DefaultUEFICode  = FirmwareDir + "/OVMF_CODE_4M.fd"
+	DefaultUEFIVars  = FirmwareDir + "/OVMF_VARS_4M.fd"
+	FirmwareBIOS     = "bios"
+	FirmwareUEFI     = "uefi"
+	UEFIVarsFileName = "efivars.fd" // the VM's own variable store, in RunDir
+)
+
 // Names of the files inside RunDir.
 const (
 	QMPSocketName    = "qmp.sock"
@@ -72,6 +83,14 @@ type Config struct {
 	CPU     string // CPU model; default qemu64 (portable, pinned)
 	SMP     int    // vCPUs; default 1
 	Accel   string // "auto" (default), "tcg" or "kvm"
+
+	// Firmware is "bios" (default: SeaBIOS, which boots the disk's own
+	// bootloader when there is no Kernel) or "uefi": FirmwareCode as
+	// read-only pflash 0 and FirmwareVars, the VM's own variable store
+	// (written by the guest), as pflash 1.
+	Firmware     string
+	FirmwareCode string
+	FirmwareVars string
 
 	Kernel string // -kernel
 	Initrd string // -initrd
@@ -164,6 +183,9 @@ func (c Config) Normalize() (Config, error) {
 	if c.BaseFormat == "" {
 		c.BaseFormat = "raw"
 	}
+	if c.Firmware == "" {
+		c.Firmware = FirmwareBIOS
+	}
 	if c.MAC == "" {
 		c.MAC = DefaultMAC
 	}
@@ -186,7 +208,8 @@ func (c Config) Normalize() (Config, error) {
 	// or a relative --kit or --base would name files inside the run folder.
 	// The absolute form is checked again: the current folder is part of it.
 	for what, p := range map[string]*string{"RunDir": &c.RunDir, "MemPath": &c.MemPath, "Kernel": &c.Kernel,
-		"Initrd": &c.Initrd, "Disk": &c.Disk, "BaseDisk": &c.BaseDisk} {
+		"Initrd": &c.Initrd, "Disk": &c.Disk, "BaseDisk": &c.BaseDisk,
+		"FirmwareCode": &c.FirmwareCode, "FirmwareVars": &c.FirmwareVars} {
 		if *p == "" || filepath.IsAbs(*p) {
 			continue
 		}
@@ -234,7 +257,16 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("vm: Accel %q: want auto, tcg or kvm", c.Accel)
 	}
-	for what, p := range map[string]string{"Kernel": c.Kernel, "Initrd": c.Initrd, "Disk": c.Disk, "BaseDisk": c.BaseDisk} {
+	switch {
+	case c.Firmware == FirmwareUEFI && (c.FirmwareCode == "" || c.FirmwareVars == ""):
+		return errors.New("vm: UEFI firmware needs FirmwareCode and FirmwareVars")
+	case c.Firmware == FirmwareBIOS && (c.FirmwareCode != "" || c.FirmwareVars != ""):
+		return errors.New("vm: FirmwareCode and FirmwareVars need Firmware uefi")
+	case c.Firmware != FirmwareBIOS && c.Firmware != FirmwareUEFI:
+		return fmt.Errorf("vm: Firmware %q: want bios or uefi", c.Firmware)
+	}
+	for what, p := range map[string]string{"Kernel": c.Kernel, "Initrd": c.Initrd, "Disk": c.Disk, "BaseDisk": c.BaseDisk,
+		"FirmwareCode": c.FirmwareCode, "FirmwareVars": c.FirmwareVars} {
 		if p == "" {
 			continue
 		}
@@ -345,6 +377,11 @@ func (c Config) Args() ([]string, error) {
 		"-serial", "chardev:ser0",
 		"-pidfile", c.PidFile(),
 	)
+	if c.Firmware == FirmwareUEFI {
+		a = append(a,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+c.FirmwareCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+c.FirmwareVars)
+	}
 	if c.Kernel != "" {
 		a = append(a, "-kernel", c.Kernel)
 		if c.Initrd != "" {

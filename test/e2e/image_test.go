@@ -16,21 +16,26 @@ import (
 )
 
 // Regular VM images, which boot through their own bootloader (no -kernel),
-// as raw, as qcow2 and as a qcow2 with its own backing chain: base (ready
+// as raw, as qcow2, as a qcow2 with its own backing chain and as a GPT
+// disk booted by UEFI (OVMF): base (ready
 // by a console line the user names) -> overlay (the app, ready when port
 // 80 answers) -> synthesis; the app answers through a forwarded port, the
 // base's customization is there, the images and the base are unchanged,
 // and no QEMU or run folder is left.
 func TestRegularImageEndToEnd(t *testing.T) {
 	imgs := guesttest.Images(t)
-	for _, tc := range []struct{ name, image string }{
-		{"raw", imgs.Raw},
-		{"qcow2", imgs.QCOW2},
-		{"qcow2-chain", ""}, // a qcow2 over regular.qcow2, made below
+	for _, tc := range []struct {
+		name, image string
+		boot        []string
+	}{
+		{"raw", imgs.Raw, nil},
+		{"qcow2", imgs.QCOW2, nil},
+		{"qcow2-chain", "", nil}, // a qcow2 over regular.qcow2, made below
+		{"uefi", imgs.UEFI, []string{"--firmware", "uefi"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			image, watched := tc.image, []string{imgs.Raw, imgs.QCOW2}
+			image, watched := tc.image, []string{imgs.Raw, imgs.QCOW2, imgs.UEFI}
 			if image == "" {
 				image = e.path("chain.qcow2")
 				if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", imgs.QCOW2, "-F", "qcow2", image).CombinedOutput(); err != nil {
@@ -45,8 +50,8 @@ func TestRegularImageEndToEnd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			baseID := e.cloudlet("base", rel, "--name", "reg", "--out", "reg.base",
-				"--ready-console", guesttest.RegularReady, "--cmd", "echo custom-"+tc.name+" > /root/base-mark && sync")
+			baseID := e.cloudlet(append([]string{"base", rel, "--name", "reg", "--out", "reg.base",
+				"--ready-console", guesttest.RegularReady, "--cmd", "echo custom-" + tc.name + " > /root/base-mark && sync"}, tc.boot...)...)
 			baseDir := e.path("reg.base")
 			if !strings.Contains(readFile(t, filepath.Join(baseDir, "base.json")), `"disk_format": "raw"`) {
 				t.Errorf("the base's disk is not recorded as raw:\n%s", readFile(t, filepath.Join(baseDir, "base.json")))
@@ -57,6 +62,9 @@ func TestRegularImageEndToEnd(t *testing.T) {
 			e.cloudlet(append([]string{"overlay", "reg.base", "--name", "app", "--out", ovl,
 				"--forward", fmt.Sprintf("tcp:%d:80", port), "--ready-port", "80"}, appCmds(baseID)...)...)
 
+			if st, err := os.Stat(ovl); err == nil {
+				t.Logf("overlay: %d bytes", st.Size())
+			}
 			p := guesttest.FreePort(t)
 			in := parseInstance(t, e.cloudlet("synthesis", "reg.base", ovl, "--forward", fmt.Sprintf("tcp:%d:80", p)))
 			e.checkApp(in, p, baseID)
