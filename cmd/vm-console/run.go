@@ -178,7 +178,11 @@ func probeShell(ctx context.Context, con *console.Console, d time.Duration) erro
 	defer cancel()
 	if _, _, err := con.Run(pctx, ":"); err != nil {
 		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("no shell answered on the serial console within %v: commands (vm-console COMMAND, cloudlet --cmd) need a guest with a root shell on its serial console (ttyS0); wait for the guest with --ready-console or --ready-port first, or customize it by hand (last output:\n%s)", d, con.Tail(500))
+			last := "the guest printed nothing on it"
+			if t := strings.TrimSpace(con.Tail(500)); t != "" {
+				last = "its last output:\n" + t
+			}
+			return fmt.Errorf("no shell answered on the serial console within %v: commands (vm-console COMMAND, cloudlet --cmd) need a guest with a root shell on its serial console (ttyS0); wait for the guest with --ready-console or --ready-port first, or customize it by hand; %s", d, last)
 		}
 		return err
 	}

@@ -155,3 +155,21 @@ func TestProbeKVMCached(t *testing.T) {
 		t.Fatalf("auto resolved to %s, want %s", acc, want)
 	}
 }
+
+// A QEMU that exits while starting is reported by Start itself, with what
+// QEMU said, and leaves no process behind.
+func TestStartReportsEarlyExit(t *testing.T) {
+	guesttest.RequireQEMU(t)
+	run := filepath.Join(shortDir(t), "run")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	in, err := vm.Start(ctx, vm.Config{Name: "early", RunDir: run, MemMiB: 64, MemShare: true, Accel: "tcg",
+		ExtraArgs: []string{"-device", "no-such-device-cloudlet"}})
+	if err == nil {
+		in.Stop(context.Background())
+		t.Fatal("Start succeeded with a bad device")
+	}
+	if !strings.Contains(err.Error(), "exited during start") || !strings.Contains(err.Error(), "no-such-device-cloudlet") {
+		t.Errorf("error does not say QEMU exited and why: %v", err)
+	}
+}
