@@ -16,12 +16,13 @@ import (
 	"time"
 
 	"cloudlet/lib/console"
+	"cloudlet/lib/ready"
 	"cloudlet/lib/vm"
 )
 
 // ReadyMarker is what the kit guest prints on its serial console once it is
 // up (network configured, root shell starting).
-const ReadyMarker = "CLOUDLET-GUEST-READY"
+const ReadyMarker = ready.KitMarker
 
 // DefaultAppend is the kernel command line Boot uses.
 const DefaultAppend = vm.KitAppend
