@@ -60,7 +60,7 @@ func Console(ctx context.Context, con *console.Console, logPath string, re *rege
 // ProbeWait is how long Port waits for a reply or a close after it
 // connected: QEMU's user-mode networking accepts every connection on the
 // host side and closes it only when the guest refuses it.
-var ProbeWait = 500 * time.Millisecond
+var ProbeWait = time.Second
 
 // Port waits until a guest server answers on addr, the host side of a
 // forwarded port: a connection that stays open for ProbeWait or that
@@ -71,8 +71,13 @@ func Port(ctx context.Context, addr string) error {
 	defer t.Stop()
 	var last error
 	for {
-		if last = probe(ctx, addr); last == nil {
+		err := probe(ctx, addr)
+		if err == nil {
 			return nil
+		}
+		var ne net.Error
+		if last == nil || (ctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
+			last = err // not the error of a probe cut short by the deadline
 		}
 		select {
 		case <-ctx.Done():
