@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "disk image, raw or qcow2 (a qcow2 may have its own backing chain); never written (default: the kit's rootfs.img)", Destination: &lo.Image}),
 				&cli.StringFlag{Name: "firmware", Usage: "bios (SeaBIOS) or uefi (OVMF, Debian's ovmf package), for images that boot through their own bootloader", Value: "bios", Destination: &lo.Firmware},
 				&cli.StringFlag{Name: "image-format", Usage: "raw or qcow2 (default: detected with qemu-img info)", Destination: &lo.ImageFormat},
-				cliutil.Path(&cli.StringFlag{Name: "kernel", Usage: "boot this kernel directly; without it the image boots through its own bootloader (SeaBIOS). Default: the kit's vmlinuz when the image is the kit's", Destination: &lo.Kernel}),
+				cliutil.Path(&cli.StringFlag{Name: "kernel", Usage: "boot this kernel directly; without it the image boots through its own bootloader (see --firmware). Default: the kit's vmlinuz when the image is the kit's", Destination: &lo.Kernel}),
 				cliutil.Path(&cli.StringFlag{Name: "initrd", Usage: "initrd (needs --kernel; default: the kit's initrd.img with the kit's kernel)", Destination: &lo.Initrd}),
 				&cli.StringFlag{Name: "append", Usage: "kernel command line (needs --kernel; default: the kit's line with the kit's kernel)", Destination: &lo.Append},
 				&cli.IntFlag{Name: "mem", Usage: "guest RAM in MiB", Value: 256, Destination: &lo.MemMiB},
