@@ -211,13 +211,16 @@ func TestKilledStages(t *testing.T) {
 			half := resolved.Len() / 2
 			in.Write(resolved.Bytes()[:half])
 			pidFile := filepath.Join(run, "qemu.pid")
-			for i := 0; i < 250; i++ { // until QEMU runs
-				if _, err := os.Stat(pidFile); err == nil {
+			// Until QEMU runs: its pid file exists and holds the pid (QEMU
+			// creates the file before it writes it).
+			var qpid []byte
+			for i := 0; i < 250; i++ {
+				if b, err := os.ReadFile(pidFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+					qpid = b
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			qpid, _ := os.ReadFile(pidFile)
 			if len(qpid) == 0 {
 				t.Fatalf("no QEMU started after %d of %d stream bytes: %s", half, resolved.Len(), resume.err.String())
 			}
