@@ -18,8 +18,11 @@
 #   socat -t 300 TCP-LISTEN:PORT,reuseaddr,fork EXEC:'synthesis-listener.sh --handle'
 #   and, per connection,   overlay-apply [--base DIR] | vm-resume [--base DIR] [--forward ...]
 #   The base comes from --base or from the catalog ($CLOUDLET_CATALOG or
-#   --catalog) by the overlay's base ID. --forward replaces the overlay's
-#   recorded port forwards (needed to run several instances of one overlay).
+#   --catalog) by the overlay's base ID. Every instance gets free host ports
+#   for the overlay's recorded forwards (vm-resume --ports free), so many
+#   clients can synthesize the same overlay at once; the answer says which
+#   ports. --forward replaces the recorded forwards (tcp:0:GUEST for a free
+#   port); CLOUDLET_PORTS=recorded keeps the recorded host ports.
 #
 # Client (any of):
 #   socat -t 120 - TCP:HOST:PORT < app.overlay          # -t: wait for the answer after our EOF
@@ -69,6 +72,7 @@ handle() {
 		local f
 		for f in $CLOUDLET_LISTENER_FORWARDS; do resume+=(--forward "$f"); done
 	fi
+	resume+=(--ports "${CLOUDLET_PORTS:-free}")
 	local peer=${SOCAT_PEERADDR:-${REMOTE_ADDR:-?}}:${SOCAT_PEERPORT:-${REMOTE_PORT:-?}}
 	local tmp t0 rc
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-listener.XXXXXX")

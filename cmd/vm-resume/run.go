@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "instance name", Value: "cloudlet", Destination: &o.Name},
 		cliutil.Path(&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir}),
-		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:[ADDR:]HOSTPORT:GUESTPORT, ADDR default 127.0.0.1 (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
+		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:[ADDR:]HOSTPORT:GUESTPORT, ADDR default 127.0.0.1, HOSTPORT 0 for a free port (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
 		&cli.StringFlag{Name: "accel", Usage: "auto, kvm or tcg", Value: "auto", EnvVars: []string{"CLOUDLET_ACCEL"}, Destination: &o.Accel},
 		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless (adds a VGA device: resume a VM captured with --vnc with --vnc too)", Destination: &o.VNC},
 		&cli.BoolFlag{Name: "wait", Usage: "stay in the foreground until the VM exits, then remove its run folder", Destination: &wait},
@@ -90,6 +90,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder for streams relative to a base (default: the catalog)", Destination: &baseDir}),
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
 			cliutil.Paths(&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images}),
+			&cli.StringFlag{Name: "ports", Usage: "host ports of the stream's recorded forwards: recorded (a free one when taken, said on stderr), free (always free ones: many instances of one overlay), strict (refuse when taken)", Value: resume.PortsRecorded, EnvVars: []string{"CLOUDLET_PORTS"}, Destination: &o.Ports},
 		}, common...),
 		func(c *cli.Context) error {
 			if err := prepare(c); err != nil {
@@ -97,6 +98,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}
 			if cliutil.IsTerminal(stdin) {
 				return cliutil.Usagef("vm-resume reads a stream on stdin; to boot an image use vm-resume launch")
+			}
+			if err := resume.CheckPortPolicy(o.Ports); err != nil {
+				return cliutil.Usagef("--ports: %v", err)
 			}
 			so := resume.StreamOptions{Options: o, BaseDir: baseDir, Catalog: catalog, Images: images.Value(), KitDirs: kits.Value()}
 			for _, k := range kits.Value() {
@@ -200,8 +204,8 @@ func parseForward(s string) (vm.Forward, error) {
 	}
 	h, err1 := strconv.Atoi(parts[1])
 	g, err2 := strconv.Atoi(parts[2])
-	if err1 != nil || err2 != nil || h < 1 || h > 65535 || g < 1 || g > 65535 {
-		return vm.Forward{}, cliutil.Usagef("--forward %q: ports must be numbers 1-65535", s)
+	if err1 != nil || err2 != nil || h < 0 || h > 65535 || g < 1 || g > 65535 {
+		return vm.Forward{}, cliutil.Usagef("--forward %q: ports must be numbers 1-65535 (host port 0: a free one)", s)
 	}
 	return vm.Forward{Proto: parts[0], HostAddr: addr, HostPort: h, GuestPort: g}, nil
 }

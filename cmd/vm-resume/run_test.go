@@ -11,13 +11,15 @@ func TestParseForward(t *testing.T) {
 		"tcp:8080:80":         {Proto: "tcp", HostPort: 8080, GuestPort: 80},
 		"udp:5353:53":         {Proto: "udp", HostPort: 5353, GuestPort: 53},
 		"tcp:0.0.0.0:2222:22": {Proto: "tcp", HostAddr: "0.0.0.0", HostPort: 2222, GuestPort: 22},
+		"tcp:0:6379":          {Proto: "tcp", HostPort: 0, GuestPort: 6379},
+		"tcp:127.0.0.1:0:80":  {Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 0, GuestPort: 80},
 	} {
 		got, err := parseForward(in)
 		if err != nil || got != want {
 			t.Errorf("parseForward(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"tcp:8080", "sctp:1:2", "tcp:0:80", "tcp:8080:70000", "tcp:host,x:1:2", "tcp:8080::80"} {
+	for _, bad := range []string{"tcp:8080", "sctp:1:2", "tcp:80:0", "tcp:-1:80", "tcp:8080:70000", "tcp:host,x:1:2", "tcp:8080::80"} {
 		if _, err := parseForward(bad); err == nil {
 			t.Errorf("parseForward(%q) accepted", bad)
 		}

@@ -24,7 +24,8 @@ import (
 type Options struct {
 	Name      string       // instance name; default "cloudlet"
 	RunDir    string       // run folder; default a new folder under RunRoot()
-	Forwards  []vm.Forward // port forwards; for streams, replaces the header's
+	Forwards  []vm.Forward // port forwards (host port 0: a free one); for streams, replaces the header's
+	Ports     string       // policy for a stream's recorded forwards: PortsRecorded (default), PortsFree, PortsStrict
 	Accel     string       // auto, tcg or kvm
 	VNC       bool
 	ExtraArgs []string // the user's own QEMU args (command line only)
@@ -249,6 +250,10 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	default:
 		return nil, fmt.Errorf("firmware %q: want bios or uefi", lo.Firmware)
 	}
+	fwds, err := placeForwards(lo.Forwards, false, "", lo.Log)
+	if err != nil {
+		return nil, err
+	}
 	dir, err := newRunDir(&lo.Options)
 	if err != nil {
 		return nil, err
@@ -275,7 +280,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 		Name: lo.Name, RunDir: dir, MemMiB: lo.MemMiB, MemShare: true,
 		Kernel: lo.Kernel, Initrd: lo.Initrd, Append: lo.Append,
 		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img.Path, BaseFormat: img.Format,
-		Forwards: lo.Forwards, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
+		Forwards: fwds, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
 	}
 	if fw.code != "" {
 		if desc.FirmwareCode, err = base.FileSHA256(fw.code); err != nil {

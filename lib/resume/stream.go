@@ -78,9 +78,12 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		}
 	}
 
-	forwards := so.Forwards
+	forwards, recorded := so.Forwards, false
 	if forwards == nil {
-		forwards = fromFormatForwards(h.VM.Forwards)
+		forwards, recorded = fromFormatForwards(h.VM.Forwards), true
+	}
+	if forwards, err = placeForwards(forwards, recorded, so.Ports, so.Log); err != nil {
+		return nil, err
 	}
 	cfg := vm.Config{
 		Name: so.Name, RunDir: dir, MemMiB: int(h.VM.MemSize >> 20), Machine: h.VM.Machine, CPU: h.VM.CPU,

@@ -62,7 +62,7 @@ const (
 type Forward struct {
 	Proto     string // "tcp" (default) or "udp"
 	HostAddr  string // IPv4 address to listen on; default 127.0.0.1
-	HostPort  int
+	HostPort  int    // 0: a free port, chosen when QEMU binds it (Start fills it in)
 	GuestPort int
 }
 
@@ -312,10 +312,13 @@ func (c Config) validate() error {
 		if ip == nil || ip.To4() == nil {
 			return fmt.Errorf("vm: forward host address %q: want an IPv4 address", f.HostAddr)
 		}
-		if f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
+		if f.HostPort < 0 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
 			return fmt.Errorf("vm: forward ports %d->%d out of range", f.HostPort, f.GuestPort)
 		}
-		k := f.Proto + "/" + strconv.Itoa(f.HostPort)
+		if f.HostPort == 0 {
+			continue // free ports never collide
+		}
+		k := f.Proto + "/" + f.HostAddr + "/" + strconv.Itoa(f.HostPort)
 		if seen[k] {
 			return fmt.Errorf("vm: host port %s forwarded twice", k)
 		}

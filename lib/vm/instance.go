@@ -109,7 +109,11 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 		in.waitErr = cmd.Wait()
 		close(in.done)
 	}()
-	if err := in.waitReady(ctx); err != nil {
+	err = in.waitReady(ctx)
+	if err == nil {
+		err = in.fillFreePorts(ctx)
+	}
+	if err != nil {
 		_ = in.Kill()
 		<-in.done
 		return nil, err

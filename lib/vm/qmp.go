@@ -18,9 +18,45 @@ func QMPQuit(ctx context.Context, path string) error { return qmpExec(ctx, path,
 // query-status: it succeeds once QEMU's monitor serves commands.
 func QMPPing(ctx context.Context, path string) error { return qmpExec(ctx, path, "query-status") }
 
+// QMPHuman runs an HMP command line through QMP and returns its output.
+func QMPHuman(ctx context.Context, path, cmdline string) (string, error) {
+	arg, err := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]string{"command-line": cmdline}})
+	if err != nil {
+		return "", err
+	}
+	var out string
+	err = qmpSession(ctx, path, func(conn net.Conn, r *bufio.Reader) error {
+		if _, err := conn.Write(append(arg, '\n')); err != nil {
+			return err
+		}
+		ret, err := readResult(r)
+		if err != nil {
+			return fmt.Errorf("qmp %s: %w", cmdline, err)
+		}
+		return json.Unmarshal(ret, &out)
+	})
+	return out, err
+}
+
 // qmpExec runs argument-less commands on a fresh QMP connection and closes
 // it (QEMU serves one QMP client at a time).
 func qmpExec(ctx context.Context, path string, cmds ...string) error {
+	return qmpSession(ctx, path, func(conn net.Conn, r *bufio.Reader) error {
+		for _, cmd := range cmds {
+			if _, err := fmt.Fprintf(conn, "{\"execute\":%q}\n", cmd); err != nil {
+				return err
+			}
+			if _, err := readResult(r); err != nil {
+				return fmt.Errorf("qmp %s: %w", cmd, err)
+			}
+		}
+		return nil
+	})
+}
+
+// qmpSession connects to a QMP socket, negotiates capabilities, runs fn and
+// closes the connection.
+func qmpSession(ctx context.Context, path string, fn func(net.Conn, *bufio.Reader) error) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -37,15 +73,13 @@ func qmpExec(ctx context.Context, path string, cmds ...string) error {
 	if _, err := readQMP(r); err != nil {
 		return fmt.Errorf("qmp greeting: %w", err)
 	}
-	for _, cmd := range append([]string{"qmp_capabilities"}, cmds...) {
-		if _, err := fmt.Fprintf(conn, "{\"execute\":%q}\n", cmd); err != nil {
-			return err
-		}
-		if err := readReturn(r); err != nil {
-			return fmt.Errorf("qmp %s: %w", cmd, err)
-		}
+	if _, err := fmt.Fprintf(conn, "{\"execute\":\"qmp_capabilities\"}\n"); err != nil {
+		return err
 	}
-	return nil
+	if _, err := readResult(r); err != nil {
+		return fmt.Errorf("qmp qmp_capabilities: %w", err)
+	}
+	return fn(conn, r)
 }
 
 func readQMP(r *bufio.Reader) (map[string]json.RawMessage, error) {
@@ -60,18 +94,19 @@ func readQMP(r *bufio.Reader) (map[string]json.RawMessage, error) {
 	return m, nil
 }
 
-// readReturn reads messages until a "return" or "error", skipping events.
-func readReturn(r *bufio.Reader) error {
+// readResult reads messages until a "return" or "error", skipping events,
+// and returns the "return" value.
+func readResult(r *bufio.Reader) (json.RawMessage, error) {
 	for {
 		m, err := readQMP(r)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if _, ok := m["return"]; ok {
-			return nil
+		if ret, ok := m["return"]; ok {
+			return ret, nil
 		}
 		if e, ok := m["error"]; ok {
-			return fmt.Errorf("%s", e)
+			return nil, fmt.Errorf("%s", e)
 		}
 	}
 }
