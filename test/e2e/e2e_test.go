@@ -456,7 +456,7 @@ func TestSynthesisEndToEnd(t *testing.T) {
 		}
 		p := guesttest.FreePort(t)
 		lport := guesttest.FreePort(t)
-		stopListener := startListener(t, e, lport, p)
+		stopListener := startListener(t, e, lport, "--forward", fmt.Sprintf("tcp:%d:80", p))
 		defer stopListener()
 		js := e.cloudlet("synthesis", ovl, "--tcp", fmt.Sprintf("127.0.0.1:%d", lport))
 		in := parseInstance(t, js)
@@ -467,6 +467,53 @@ func TestSynthesisEndToEnd(t *testing.T) {
 		}
 		e.checkApp(in, p, baseID)
 		e.stop(in)
+	})
+
+	// 3d. two clients synthesize the same overlay through the listener at
+	// once: each instance gets its own free host port, and both apps answer.
+	t.Run("tcp-two-at-once", func(t *testing.T) {
+		e := &env{t: t, dir: e.dir, kit: e.kit}
+		lport := guesttest.FreePort(t)
+		stopListener := startListener(t, e, lport)
+		defer stopListener()
+		type result struct {
+			out, stderr string
+			code        int
+		}
+		res := make(chan result, 2)
+		for i := 0; i < 2; i++ {
+			go func() {
+				out, stderr, code := e.run(4*time.Minute, nil, "bash", filepath.Join(repoRoot, "scripts", "cloudlet"),
+					"synthesis", ovl, "--tcp", fmt.Sprintf("127.0.0.1:%d", lport))
+				res <- result{out, stderr, code}
+			}()
+		}
+		var ins []instance
+		for i := 0; i < 2; i++ {
+			r := <-res
+			if r.code != 0 {
+				t.Errorf("synthesis %d: exit %d: %s", i, r.code, r.stderr)
+				continue
+			}
+			ins = append(ins, parseInstance(t, strings.TrimSpace(r.out)))
+		}
+		ports := map[int]bool{}
+		for _, in := range ins {
+			port := 0
+			for _, f := range in.Forwards {
+				if f.GuestPort == 80 {
+					port = f.HostPort
+				}
+			}
+			if port == 0 || ports[port] {
+				t.Errorf("instance %s: host port %d for guest port 80 (already used: %v)", in.RunDir, port, ports)
+			}
+			ports[port] = true
+			e.checkApp(in, port, baseID)
+		}
+		for _, in := range ins {
+			e.stop(in)
+		}
 	})
 
 	// 4. failures: a corrupt overlay is refused, naming the stage, leaving
@@ -599,10 +646,9 @@ PidFile none
 
 // startListener runs scripts/synthesis-listener.sh on lport, making every
 // synthesis forward guest port 80 to vmPort.
-func startListener(t *testing.T, e *env, lport, vmPort int) func() {
+func startListener(t *testing.T, e *env, lport int, args ...string) func() {
 	t.Helper()
-	cmd := exec.Command("bash", filepath.Join(repoRoot, "scripts", "synthesis-listener.sh"),
-		"--forward", fmt.Sprintf("tcp:%d:80", vmPort), strconv.Itoa(lport))
+	cmd := exec.Command("bash", append(append([]string{filepath.Join(repoRoot, "scripts", "synthesis-listener.sh")}, args...), strconv.Itoa(lport))...)
 	cmd.Env = e.environ()
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
