@@ -57,6 +57,7 @@ const (
 	TypeIndex     Type = 0x41
 	TypeSigner    Type = 0x42 // SPEC.md section 6.1
 	TypeSignature Type = 0x43
+	TypeFile      Type = 0x50
 	TypeError     Type = 0x7E
 	TypeEnd       Type = 0x7F
 )
@@ -74,6 +75,7 @@ var typeNames = map[Type]string{
 	TypeIndex:     "INDEX",
 	TypeSigner:    "SIGNER",
 	TypeSignature: "SIGNATURE",
+	TypeFile:      "FILE",
 	TypeError:     "ERROR",
 	TypeEnd:       "END",
 }
@@ -102,6 +104,17 @@ const (
 	KindFull    = "full"
 	KindDiff    = "diff"
 	KindOverlay = "overlay"
+	KindBase    = "base"
+)
+
+// Packed reports whether streams of kind carry their records in SEGMENT
+// frames (an overlay, a base export).
+func Packed(kind string) bool { return kind == KindOverlay || kind == KindBase }
+
+// Limits of FILE records (SPEC.md section 2.9).
+const (
+	MaxFileSize  = 256 << 20
+	MaxFileNames = 16
 )
 
 // Spaces and sources of COPY records (SPEC.md section 2.3).

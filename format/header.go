@@ -140,15 +140,18 @@ func (d *VMDesc) Validate() error {
 func (h *Header) Validate() error {
 	switch h.Kind {
 	case KindFull:
-	case KindDiff, KindOverlay:
+	case KindDiff, KindOverlay, KindBase:
 		if h.BaseID == "" {
 			return fmt.Errorf("%w: %s stream without base_id", ErrMalformed, h.Kind)
 		}
 	default:
-		return fmt.Errorf("%w: kind %q (want full, diff or overlay)", ErrMalformed, h.Kind)
+		return fmt.Errorf("%w: kind %q (want full, diff, overlay or base)", ErrMalformed, h.Kind)
 	}
-	if h.MemRelative && h.Kind == KindFull {
-		return fmt.Errorf("%w: mem_relative in a full stream", ErrMalformed)
+	if h.MemRelative && (h.Kind == KindFull || h.Kind == KindBase) {
+		return fmt.Errorf("%w: mem_relative in a %s stream", ErrMalformed, h.Kind)
+	}
+	if h.Kind == KindBase && h.VM.DiskBase != "" {
+		return fmt.Errorf("%w: a base export's disk is whole (disk_base must be empty)", ErrMalformed)
 	}
 	if !reSHA.MatchString(h.BaseID) {
 		return fmt.Errorf("%w: base_id %q is not a hex sha256", ErrMalformed, h.BaseID)

@@ -3,6 +3,7 @@ package format
 import (
 	"encoding/binary"
 	"fmt"
+	"regexp"
 )
 
 // Record is one frame as the Reader returns it. Payload is only valid until
@@ -39,6 +40,45 @@ type Segment struct {
 	Codec      uint8
 	RawLength  uint32
 	Compressed []byte
+}
+
+// File is a FILE record (SPEC.md section 2.9): a chunk of a named file
+// the VM was started with (kernel, initrd, firmware).
+type File struct {
+	Name   string
+	Offset uint64
+	Data   []byte
+}
+
+var reFileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// FileRecord decodes a FILE payload.
+func (r *Record) FileRecord() (File, error) {
+	p := r.Payload
+	if r.Type != TypeFile {
+		return File{}, malformed("%s is not a FILE record", r.Type)
+	}
+	if len(p) < 9 || len(p) < 9+int(p[8]) {
+		return File{}, malformed("FILE payload of %d bytes is too short", len(p))
+	}
+	n := int(p[8])
+	f := File{Offset: binary.LittleEndian.Uint64(p), Name: string(p[9 : 9+n]), Data: p[9+n:]}
+	if !reFileName.MatchString(f.Name) {
+		return File{}, malformed("FILE name %q (want letters, digits, . _ -; at most 64)", f.Name)
+	}
+	if len(f.Data) == 0 {
+		return File{}, malformed("FILE %q chunk without data", f.Name)
+	}
+	return f, nil
+}
+
+func putFile(name string, off uint64, data []byte) []byte {
+	p := make([]byte, 9+len(name)+len(data))
+	binary.LittleEndian.PutUint64(p, off)
+	p[8] = byte(len(name))
+	copy(p[9:], name)
+	copy(p[9+len(name):], data)
+	return p
 }
 
 const (

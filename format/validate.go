@@ -10,19 +10,26 @@ import "fmt"
 type Validator struct {
 	h          *Header
 	mem, disk  *spans
+	files      map[string]uint64 // FILE name -> bytes so far
 	inSegments bool
 }
 
 // NewValidator returns a Validator for a stream with header h.
-func NewValidator(h *Header) *Validator { return &Validator{h: h, mem: &spans{}, disk: &spans{}} }
+func NewValidator(h *Header) *Validator {
+	return &Validator{h: h, mem: &spans{}, disk: &spans{}, files: map[string]uint64{}}
+}
 
 // InSegment returns a Validator view for records inside an overlay's
 // SEGMENT: the same coverage, but the rules of a diff stream body.
 func (v *Validator) InSegment() *Validator {
-	return &Validator{h: v.h, mem: v.mem, disk: v.disk, inSegments: true}
+	return &Validator{h: v.h, mem: v.mem, disk: v.disk, files: v.files, inSegments: true}
 }
 
-func (v *Validator) body() bool { return v.h.Kind != KindOverlay || v.inSegments }
+func (v *Validator) body() bool { return !Packed(v.h.Kind) || v.inSegments }
+
+// whole reports whether the stream carries a whole VM (no base to copy
+// from or diff against).
+func (v *Validator) whole() bool { return v.h.Kind == KindFull || v.h.Kind == KindBase }
 
 func span(off, length, align, limit uint64, what string) error {
 	if length == 0 {
@@ -73,8 +80,12 @@ func (v *Validator) Check(r *Record) error {
 		if !v.body() {
 			return fmt.Errorf("%w: %s outside a segment of an overlay", ErrMalformed, r.Type)
 		}
+	case TypeFile:
+		if !v.body() || !v.whole() {
+			return fmt.Errorf("%w: FILE in a %s stream (only full streams and base exports carry files)", ErrMalformed, v.h.Kind)
+		}
 	case TypeSegment, TypeIndex:
-		if v.h.Kind != KindOverlay || v.inSegments {
+		if !Packed(v.h.Kind) || v.inSegments {
 			return fmt.Errorf("%w: %s in a %s stream", ErrMalformed, r.Type, v.h.Kind)
 		}
 	}
@@ -104,8 +115,8 @@ func (v *Validator) Check(r *Record) error {
 		if err != nil {
 			return err
 		}
-		if v.h.Kind == KindFull && c.Source <= SourceBaseDisk {
-			return fmt.Errorf("%w: COPY from the base in a full stream", ErrMalformed)
+		if v.whole() && c.Source <= SourceBaseDisk {
+			return fmt.Errorf("%w: COPY from the base in a %s stream", ErrMalformed, v.h.Kind)
 		}
 		var src *spans
 		var align, limit uint64
@@ -129,8 +140,8 @@ func (v *Validator) Check(r *Record) error {
 		if err != nil {
 			return err
 		}
-		if v.h.Kind == KindFull {
-			return fmt.Errorf("%w: DELTA in a full stream", ErrMalformed)
+		if v.whole() {
+			return fmt.Errorf("%w: DELTA in a %s stream", ErrMalformed, v.h.Kind)
 		}
 		switch d.Method {
 		case DeltaXOR:
@@ -145,6 +156,22 @@ func (v *Validator) Check(r *Record) error {
 	case TypeSegment:
 		_, err := r.SegmentRecord()
 		return err
+	case TypeFile:
+		f, err := r.FileRecord()
+		if err != nil {
+			return err
+		}
+		have, seen := v.files[f.Name]
+		if !seen && len(v.files) >= MaxFileNames {
+			return fmt.Errorf("%w: more than %d FILE names", ErrMalformed, MaxFileNames)
+		}
+		if f.Offset != have {
+			return fmt.Errorf("%w: FILE %q at %d, want %d (file chunks come in order)", ErrMalformed, f.Name, f.Offset, have)
+		}
+		if uint64(len(f.Data)) > MaxFileSize-have {
+			return fmt.Errorf("%w: FILE %q longer than %d bytes", ErrOutOfRange, f.Name, MaxFileSize)
+		}
+		v.files[f.Name] = have + uint64(len(f.Data))
 	}
 	return nil
 }

@@ -161,6 +161,19 @@ func (w *Writer) data(t Type, off uint64, data []byte) error {
 	return nil
 }
 
+// WriteFile writes the file name's content data, starting at offset off
+// of the file, as FILE records of at most MaxRecordData bytes.
+func (w *Writer) WriteFile(name string, off uint64, data []byte) error {
+	for len(data) > 0 {
+		n := min(len(data), MaxRecordData)
+		if err := w.frame(TypeFile, FlagCritical, putFile(name, off, data[:n])); err != nil {
+			return err
+		}
+		data, off = data[n:], off+uint64(n)
+	}
+	return nil
+}
+
 // WriteMemZero says that length bytes of RAM at off read as zero.
 func (w *Writer) WriteMemZero(off, length uint64) error {
 	return w.frame(TypeMemZero, FlagCritical, putZero(off, length))

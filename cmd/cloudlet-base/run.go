@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"time"
 
 	"cloudlet/format"
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
+	"cloudlet/lib/overlay"
 	"cloudlet/lib/vm"
 
 	"github.com/urfave/cli/v2"
@@ -26,6 +28,16 @@ VM captured with vm-capture:
    cloudlet-base verify BASE         # re-hash everything, check the ID
    cloudlet-base stream BASE | vm-resume --base BASE   # resume the base to customize it
    cloudlet-base index [--windows] BASE   # dedup index size and build time
+
+Bases move between cloudlets as one stream (a base export: the whole
+base, sparse, compressed in segments like an overlay, with a sha256):
+
+   cloudlet-base export debian | ssh cloudlet cloudlet-base import --add /srv/bases/debian
+
+import builds the folder in a temporary folder, checks the base ID, and
+renames it into place only then; a corrupt or truncated export leaves no
+folder and no catalog entry, and a base the catalog already holds is
+refused with nothing changed.
 
 The catalog is a JSON list of {"name","sha256","path"}, as the original
 server used; --catalog or $CLOUDLET_CATALOG choose the file.`
@@ -155,6 +167,76 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}),
 		},
 		{
+			Name: "export", Usage: "write a base as one stream (a base export) for cloudlet-base import", ArgsUsage: "DIR|NAME|ID",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "codec", Usage: "zstd or xz", Value: "zstd"},
+				&cli.IntFlag{Name: "level", Usage: "compression level 1-19", Value: 3},
+				cliutil.ForceFlag,
+			},
+			Action: func(cc *cli.Context) error {
+				key, err := oneArg(cc, "DIR, NAME or ID")
+				if err != nil {
+					return err
+				}
+				if err := cliutil.CheckStdout(stdout, cc.Bool("force")); err != nil {
+					return err
+				}
+				b, err := openBase(catalog, key)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				start := time.Now()
+				o := overlay.PackOptions{Codec: cc.String("codec"), Level: cc.Int("level"), Producer: "cloudlet-base export"}
+				cw := &countingWriter{w: stdout}
+				err = cliutil.Filter("cloudlet-base export", nil, cw, func(_ *format.Reader, w *format.Writer) error {
+					return exportBase(ctx, b, w, o)
+				})
+				if err == nil {
+					fmt.Fprintf(stderr, "cloudlet-base: exported base %s: %d bytes in %.1fs\n", b.ID(), cw.n, time.Since(start).Seconds())
+				}
+				return err
+			},
+		},
+		{
+			Name: "import", Usage: "make a base folder from a base export on stdin (cloudlet-base export's output)", ArgsUsage: "DIR",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "name", Usage: "base name for the catalog (default: the folder's name)"},
+				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
+				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
+			},
+			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
+				dir, err := oneArg(cc, "DIR")
+				if err != nil {
+					return err
+				}
+				if dir, err = cliutil.AbsArg("DIR", dir); err != nil {
+					return err
+				}
+				if cliutil.IsTerminal(stdin) {
+					return cliutil.Usagef("import reads a base export on stdin: cloudlet-base export BASE | cloudlet-base import DIR")
+				}
+				name := cc.String("name")
+				if name == "" {
+					name = filepath.Base(dir)
+				}
+				start := time.Now()
+				m, err := importBase(ctx, stdin, dir, c, base.CreateOptions{Name: name, Windows: cc.Bool("windows")})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stderr, "cloudlet-base: imported base %s into %s (%.1fs)\n", m.ID, dir, time.Since(start).Seconds())
+				if cc.Bool("add") {
+					c.Add(base.Entry{Name: m.Name, SHA256: m.ID, Path: dir})
+					if err := c.Save(); err != nil {
+						return err
+					}
+				}
+				fmt.Fprintln(stdout, m.ID)
+				return nil
+			}),
+		},
+		{
 			Name: "verify", Usage: "re-hash a base and check its ID", ArgsUsage: "DIR",
 			Action: withBase(func(b *base.Base, cc *cli.Context) error {
 				if err := b.Verify(); err != nil {
@@ -176,4 +258,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 	}
 	return app.RunContext(ctx, args)
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

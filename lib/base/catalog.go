@@ -107,6 +107,17 @@ func matches(e Entry, key string) bool {
 	return e.Name == key || e.SHA256 == key || (len(key) >= 8 && strings.HasPrefix(e.SHA256, key))
 }
 
+// Lookup returns the entry named key: a base name, ID, or ID prefix of at
+// least 8 digits (as Remove matches).
+func (c *Catalog) Lookup(key string) (Entry, bool) {
+	for _, e := range c.Entries {
+		if matches(e, key) {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
 // Find returns the entry for a base ID.
 func (c *Catalog) Find(id string) (Entry, bool) {
 	for _, e := range c.Entries {

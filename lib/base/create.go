@@ -20,6 +20,9 @@ type CreateOptions struct {
 	Image   string   // the disk image the stream's disk records are relative to (sha256 = disk_base)
 	KitDirs []string // folders searched for the kernel, initrd and firmware named by sha256
 	Windows bool     // index the base disk at 512-byte steps too
+	// ExpectID, when set, is the ID the new base must have (an import
+	// checks the export's claim); a mismatch removes the new folder.
+	ExpectID string
 }
 
 // Create makes a base folder dir from a full stream (vm-capture's output).
@@ -64,7 +67,15 @@ func Create(dir string, r *format.Reader, opt CreateOptions) (*Meta, error) {
 func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*Meta, error) {
 	vm := h.VM
 	disk := filepath.Join(tmp, DiskFile)
-	if h.VM.DiskSize > 0 {
+	if h.VM.DiskSize > 0 && vm.DiskBase == "" {
+		// A whole disk (a base export): absent ranges are zero.
+		if err := os.WriteFile(disk, nil, 0o644); err != nil {
+			return nil, err
+		}
+		if err := os.Truncate(disk, int64(vm.DiskSize)); err != nil {
+			return nil, err
+		}
+	} else if h.VM.DiskSize > 0 {
 		if opt.Image == "" {
 			return nil, fmt.Errorf("the stream's disk is relative to image %s: give --image PATH", short(vm.DiskBase))
 		}
@@ -140,6 +151,8 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		case format.TypeDisk:
 			off, data, _ := rec.DataRecord()
 			_, err = df.WriteAt(data, int64(off))
+		case format.TypeFile:
+			err = writeBootFile(tmp, vm, rec)
 		case format.TypeDiskZero:
 			off, n, _ := rec.ZeroRecord()
 			for n > 0 && err == nil {
@@ -160,11 +173,18 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		}
 	}
 	for name, sum := range BootFiles(vm) {
+		dst := filepath.Join(tmp, name)
+		if _, err := os.Stat(dst); err == nil { // carried by the stream
+			if got, err := FileSHA256(dst); err != nil || got != sum {
+				return nil, fmt.Errorf("the stream's %s has sha256 %s; its VM description says %s", name, short(got), short(sum))
+			}
+			continue
+		}
 		src, err := FindBootFile(sum, name, opt.KitDirs)
 		if err != nil {
 			return nil, err
 		}
-		if err := CopyFile(src, filepath.Join(tmp, name)); err != nil {
+		if err := CopyFile(src, dst); err != nil {
 			return nil, err
 		}
 	}
@@ -177,6 +197,9 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 	}
 	meta.DiskSHA, meta.MemSHA, meta.DevSHA = hex.EncodeToString(sums[0]), hex.EncodeToString(sums[1]), hex.EncodeToString(sums[2])
 	meta.ID = ComputeID(sums[0], sums[1], sums[2])
+	if opt.ExpectID != "" && meta.ID != opt.ExpectID {
+		return nil, fmt.Errorf("the rebuilt base has ID %s, but the stream says %s: it is corrupt or was altered; nothing was kept", meta.ID, opt.ExpectID)
+	}
 	meta.VM.DiskBase, meta.VM.DiskFormat = meta.DiskSHA, "raw"
 	if err := WriteMeta(tmp, meta); err != nil {
 		return nil, err
@@ -190,6 +213,28 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		return nil, err
 	}
 	return meta, seal(tmp)
+}
+
+// writeBootFile writes a FILE record's chunk into the boot file it names
+// in the new base folder tmp; only the files the VM description names are
+// accepted.
+func writeBootFile(tmp string, vm format.VMDesc, rec *format.Record) error {
+	f, err := rec.FileRecord()
+	if err != nil {
+		return err
+	}
+	if _, ok := BootFiles(vm)[f.Name]; !ok {
+		return fmt.Errorf("the stream carries a file %q that its VM description does not name", f.Name)
+	}
+	out, err := os.OpenFile(filepath.Join(tmp, f.Name), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := out.WriteAt(f.Data, int64(f.Offset)); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // WriteMeta writes base.json into dir.

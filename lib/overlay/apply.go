@@ -48,6 +48,9 @@ type applier struct {
 	ctx     context.Context
 	w       *format.Writer
 	base    Base
+	whole   bool   // a base export: no COPY or DELTA, nothing to keep
+	what    string // "overlay" or "base export", for messages
+	maker   string // the tool that writes it
 	val     *format.Validator
 	scratch [3]*os.File // by space
 	tmp     string
@@ -97,10 +100,47 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 		return err
 	}
 	a := &applier{ctx: ctx, w: w, base: base, val: r.Validator().InSegment(), tmp: o.TempDir,
-		jobs: make(chan *applyJob, o.Workers+2)}
+		jobs: make(chan *applyJob, o.Workers+2), what: "overlay", maker: "overlay-pack"}
+	return a.run(r, o.Workers)
+}
+
+// Unpack reads a base export (kind base, cloudlet-base export's output;
+// fresh r, Unpack enables its sha256 check) and writes to w the full stream
+// packed inside it, base_id kept. Like Apply, it returns nil only after
+// everything verified; the caller then closes w.
+func Unpack(ctx context.Context, r *format.Reader, w *format.Writer, o ApplyOptions) error {
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.Producer == "" {
+		o.Producer = "cloudlet-base import"
+	}
+	r.HashSHA256()
+	h, err := r.Header()
+	if err != nil {
+		return err
+	}
+	if h.Kind != format.KindBase {
+		return fmt.Errorf("input is a %s stream, not a base export; cloudlet-base import reads what cloudlet-base export writes", h.Kind)
+	}
+	out := *h
+	out.Kind = format.KindFull
+	out.Producer = append(slices.Clone(h.Producer), o.Producer)
+	if err := w.WriteHeader(&out); err != nil {
+		return err
+	}
+	a := &applier{ctx: ctx, w: w, whole: true, val: r.Validator().InSegment(), tmp: o.TempDir,
+		jobs: make(chan *applyJob, o.Workers+2), what: "base export", maker: "cloudlet-base export"}
+	return a.run(r, o.Workers)
+}
+
+// run reads the SEGMENT frames and INDEX of a packed stream and writes the
+// records inside, resolved, checking the INDEX and sha256 at the end.
+func (a *applier) run(r *format.Reader, workers int) error {
+	ctx := a.ctx
 	defer a.cleanup()
 	defer close(a.jobs)
-	for range o.Workers {
+	for range workers {
 		go a.worker()
 	}
 	var index *format.Index
@@ -119,22 +159,22 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 		switch rec.Type {
 		case format.TypeSegment:
 			if index != nil {
-				return fmt.Errorf("overlay: SEGMENT at offset %d after the INDEX; the overlay is malformed, make it again with overlay-pack", off)
+				return fmt.Errorf("%s: SEGMENT at offset %d after the INDEX; it is malformed, make it again with %s", a.what, off, a.maker)
 			}
 			if err := a.submit(rec, off); err != nil {
 				return err
 			}
 		case format.TypeIndex:
 			if index != nil {
-				return fmt.Errorf("overlay: second INDEX at offset %d; the overlay is malformed, make it again with overlay-pack", off)
+				return fmt.Errorf("%s: second INDEX at offset %d; it is malformed, make it again with %s", a.what, off, a.maker)
 			}
 			index = &format.Index{}
 			if err := format.Unmarshal(rec.Payload, index); err != nil {
-				return fmt.Errorf("overlay: INDEX at offset %d: %w", off, err)
+				return fmt.Errorf("%s: INDEX at offset %d: %w", a.what, off, err)
 			}
 		default:
 			if _, err := format.CheckKnown(rec); err != nil {
-				return fmt.Errorf("overlay: record at offset %d: %w", off, err)
+				return fmt.Errorf("%s: record at offset %d: %w", a.what, off, err)
 			}
 		}
 	}
@@ -144,7 +184,7 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 		}
 	}
 	if r.End().SHA256 == "" {
-		return fmt.Errorf("overlay: END carries no sha256, so the overlay cannot be verified; make it again with overlay-pack")
+		return fmt.Errorf("%s: END carries no sha256, so it cannot be verified; make it again with %s", a.what, a.maker)
 	}
 	if index != nil {
 		if err := a.checkIndex(index); err != nil {
@@ -253,7 +293,7 @@ func (a *applier) emitOldest() error {
 // record writes one record of a segment to the output, resolved.
 func (a *applier) record(rec *format.Record) error {
 	switch rec.Type {
-	case format.TypeDevState, format.TypeMemZero, format.TypeDiskZero:
+	case format.TypeDevState, format.TypeMemZero, format.TypeDiskZero, format.TypeFile:
 		return a.w.WriteRecord(rec)
 	case format.TypeMem, format.TypeDisk:
 		off, data, _ := rec.DataRecord()
@@ -263,6 +303,9 @@ func (a *applier) record(rec *format.Record) error {
 		}
 		if err := a.w.WriteRecord(rec); err != nil {
 			return err
+		}
+		if a.whole {
+			return nil
 		}
 		return a.keep(sp, off, data)
 	case format.TypeCopy:

@@ -102,9 +102,6 @@ type packer struct {
 // writes END; Pack enables its sha256 (Writer.HashSHA256), so w must be
 // fresh. Records keep their order.
 func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions) error {
-	if err := o.fill(); err != nil {
-		return err
-	}
 	h, err := r.Header()
 	if err != nil {
 		return err
@@ -112,8 +109,29 @@ func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions
 	if h.Kind != format.KindDiff {
 		return fmt.Errorf("input is a %s stream; overlay-pack packs a diff stream (the output of mem-diff and disk-diff)", h.Kind)
 	}
+	return packAs(ctx, r, h, format.KindOverlay, w, o)
+}
+
+// PackBase packs a full stream holding a whole base (cloudlet-base export
+// writes it: base_id set, disk_base empty, FILE records for the boot
+// files) into a base export: segments, INDEX and sha256 as in an overlay.
+func PackBase(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions) error {
+	h, err := r.Header()
+	if err != nil {
+		return err
+	}
+	if h.Kind != format.KindFull || h.BaseID == "" || h.VM.DiskBase != "" {
+		return fmt.Errorf("input is not a whole base (a full stream with base_id and no disk_base)")
+	}
+	return packAs(ctx, r, h, format.KindBase, w, o)
+}
+
+func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string, w *format.Writer, o PackOptions) error {
+	if err := o.fill(); err != nil {
+		return err
+	}
 	out := *h
-	out.Kind = format.KindOverlay
+	out.Kind = kind
 	out.Producer = append(slices.Clone(h.Producer), o.Producer)
 	w.HashSHA256()
 	if err := w.WriteHeader(&out); err != nil {
