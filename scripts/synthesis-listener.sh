@@ -13,7 +13,7 @@
 #
 # Server:
 #   scripts/synthesis-listener.sh [--bind ADDR] [--base DIR] [--catalog FILE]
-#                                 [--forward tcp:H:G ...] [--once] PORT
+#                                 [--forward tcp:H:G ...] [--max-instances N] [--once] PORT
 #   which runs
 #   socat -t 300 TCP-LISTEN:PORT,reuseaddr,fork EXEC:'synthesis-listener.sh --handle'
 #   and, per connection,   overlay-apply [--base DIR] | vm-resume [--base DIR] [--forward ...]
@@ -23,6 +23,10 @@
 #   clients can synthesize the same overlay at once; the answer says which
 #   ports. --forward replaces the recorded forwards (tcp:0:GUEST for a free
 #   port); CLOUDLET_PORTS=recorded keeps the recorded host ports.
+#   Admission (vm-resume): --max-instances N (CLOUDLET_MAX_INSTANCES) refuses
+#   a synthesis while N instances run or start under the run root, and
+#   CLOUDLET_RESERVE_MIB (default 256) refuses one when the host's available
+#   memory would fall below it; the client gets {"error": ...}.
 #
 # Client (any of):
 #   socat -t 120 - TCP:HOST:PORT < app.overlay          # -t: wait for the answer after our EOF
@@ -129,13 +133,14 @@ serve() {
 		--base) export CLOUDLET_LISTENER_BASE=$2; shift 2 ;;
 		--catalog) export CLOUDLET_CATALOG=$2; shift 2 ;;
 		--forward) fwds+=("$2"); shift 2 ;;
+		--max-instances) export CLOUDLET_MAX_INSTANCES=$2; shift 2 ;;
 		--once) once=1; shift ;;
 		-h | --help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//; $d'; exit 0 ;;
 		-*) say "unknown option $1"; exit 2 ;;
 		*) port=$1; shift ;;
 		esac
 	done
-	[ -n "$port" ] || { say "usage: $0 [--bind ADDR] [--base DIR] [--catalog FILE] [--forward tcp:H:G ...] [--once] PORT"; exit 2; }
+	[ -n "$port" ] || { say "usage: $0 [--bind ADDR] [--base DIR] [--catalog FILE] [--forward tcp:H:G ...] [--max-instances N] [--once] PORT"; exit 2; }
 	command -v socat >/dev/null || { say "socat not found (apt-get install socat)"; exit 1; }
 	local t
 	for t in overlay-apply vm-resume; do

@@ -29,6 +29,7 @@ type Options struct {
 	Accel     string       // auto, tcg or kvm
 	VNC       bool
 	ExtraArgs []string // the user's own QEMU args (command line only)
+	Admission Admission
 	Log       io.Writer
 }
 
@@ -77,7 +78,7 @@ func newRunDir(opt *Options) (string, error) {
 		rand.Read(b[:])
 		dir = filepath.Join(RunRoot(), opt.Name+"-"+hex.EncodeToString(b[:]))
 	}
-	if err := claimRunDir(dir); err != nil {
+	if err := opt.Admission.admit(RunRoot(), dir); err != nil {
 		return "", err
 	}
 	return dir, nil
