@@ -42,6 +42,9 @@ type VMDesc struct {
 	Firmware     string `msgpack:"firmware,omitempty" json:"firmware,omitempty"`
 	FirmwareCode string `msgpack:"firmware_code,omitempty" json:"firmware_code,omitempty"`
 	FirmwareVars string `msgpack:"firmware_vars,omitempty" json:"firmware_vars,omitempty"`
+	// VMGenID says the VM has a VM generation ID device (each resume gives
+	// it a new ID, so a guest with the driver reseeds its RNG).
+	VMGenID bool `msgpack:"vmgenid,omitempty" json:"vmgenid,omitempty"`
 }
 
 // FirmwareUEFI is VMDesc.Firmware for a VM started with UEFI (OVMF).

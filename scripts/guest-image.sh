@@ -5,7 +5,9 @@
 #
 # Output (default OUTDIR: KIT/images):
 #   regular.raw    MBR partition table (syslinux-common's mbr.bin), partition 1
-#                  FAT16 with SYSLINUX, the kit's kernel and initramfs and
+#                  FAT16 with SYSLINUX, Debian's *generic* kernel (it has the
+#                  VM generation ID driver, which the kit's cloud kernel
+#                  lacks) with the kit's initramfs made for it, and
 #                  syslinux.cfg (console on ttyS0, root=/dev/vda2); partition
 #                  2 ext4 with the kit's root file system. Its init prints
 #                  "regular-image login: root shell on ttyS0", never the kit's
@@ -45,8 +47,20 @@ if ((${#need[@]})); then
 	}
 fi
 
+# Debian's generic kernel (apt helpers shared with guest-kit.sh).
+DL="$KIT/dl"
+mkdir -p "$DL"
+chmod 0755 "$DL" 2>/dev/null || true
+[ "$(id -u)" = 0 ] && chown _apt "$DL" 2>/dev/null || true
+source "$ROOT/scripts/guest/apt.sh"
+if [ -z "$(candidate linux-image-amd64)" ] || [ "$(candidate linux-image-amd64)" = "(none)" ]; then
+	apt-get update -qq >&2
+fi
+kernel_deb linux-image-amd64 amd64 # sets KPKG, KVER, kdeb
+
 STAMP="$({
-	sha256sum "$ROOT/scripts/guest-image.sh"
+	sha256sum "$ROOT/scripts/guest-image.sh" "$ROOT/scripts/guest/mkinitrd.sh" "$ROOT/scripts/guest/initrd-init.sh"
+	basename "$kdeb"
 	cut -d' ' -f1 <"$KIT/.stamp" 2>/dev/null || sha256sum "$KIT/rootfs.img"
 	dpkg-query -W syslinux syslinux-common syslinux-efi
 } | sha256sum | cut -d' ' -f1)"
@@ -72,7 +86,21 @@ if grep -q CLOUDLET-GUEST-READY "$RF/sbin/init"; then
 	exit 1
 fi
 echo regular-image >"$RF/etc/hostname"
+echo "$KVER" >"$RF/etc/cloudlet-kernel"
 find "$RF" -exec touch -h -d @1700000000 {} +
+
+# --- the generic kernel and an initramfs for it -------------------------------
+log "kernel: $KPKG"
+mkdir -p "$WORK/kernel"
+dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$WORK/kernel" --wildcards \
+	'./boot/vmlinuz-*' './lib/modules/*/modules.*' './lib/modules/*/kernel/drivers/virtio/*' \
+	'./lib/modules/*/kernel/drivers/block/virtio_blk.ko' './lib/modules/*/kernel/drivers/net/*' \
+	'./lib/modules/*/kernel/net/core/failover.ko' './lib/modules/*/kernel/fs/*' './lib/modules/*/kernel/lib/*' './lib/modules/*/kernel/crypto/*'
+KSRC="$WORK/kernel/lib/modules/$KVER"
+grep -q 'vmgenid' "$KSRC/modules.builtin" || [ -n "$(find "$KSRC" -name 'vmgenid.ko*')" ] || log "warning: $KPKG has no vmgenid driver"
+VMLINUZ="$WORK/kernel/boot/vmlinuz-$KVER"
+INITRD="$WORK/initrd.img"
+bash "$ROOT/scripts/guest/mkinitrd.sh" "$KSRC" "$KVER" "$RF/bin/busybox" "$WORK" "$INITRD"
 
 APPEND="console=ttyS0 root=/dev/vda2 rw quiet init_on_free=1 no_timer_check"
 cat >"$WORK/syslinux.cfg" <<EOF
@@ -102,8 +130,8 @@ E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -t ext4 -L regular-root \
 # --- BIOS: MBR + SYSLINUX on FAT ---------------------------------------------
 mkpart "$WORK/boot.part" $BOOT_MIB
 mkfs.vfat -F 16 -n BOOT -i 5e1f0c1e "$WORK/boot.part" >/dev/null
-mcopy -i "$WORK/boot.part" "$KIT/vmlinuz" ::/vmlinuz
-mcopy -i "$WORK/boot.part" "$KIT/initrd.img" ::/initrd.img
+mcopy -i "$WORK/boot.part" "$VMLINUZ" ::/vmlinuz
+mcopy -i "$WORK/boot.part" "$INITRD" ::/initrd.img
 mcopy -i "$WORK/boot.part" "$WORK/syslinux.cfg" ::/syslinux.cfg
 syslinux --install "$WORK/boot.part"
 IMG="$WORK/regular.raw"
@@ -128,8 +156,8 @@ mmd -i "$WORK/esp.part" ::/EFI ::/EFI/BOOT
 mcopy -i "$WORK/esp.part" "$EFI" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$WORK/esp.part" "$LDL" ::/EFI/BOOT/ldlinux.e64
 mcopy -i "$WORK/esp.part" "$WORK/syslinux.cfg" ::/EFI/BOOT/syslinux.cfg
-mcopy -i "$WORK/esp.part" "$KIT/vmlinuz" ::/vmlinuz
-mcopy -i "$WORK/esp.part" "$KIT/initrd.img" ::/initrd.img
+mcopy -i "$WORK/esp.part" "$VMLINUZ" ::/vmlinuz
+mcopy -i "$WORK/esp.part" "$INITRD" ::/initrd.img
 UIMG="$WORK/uefi.raw"
 # One MiB more at the end for the backup GPT.
 mkpart "$UIMG" $((1 + BOOT_MIB + ROOT_MIB + 1))

@@ -62,32 +62,13 @@ if [ -f "$OUT/.stamp-quick" ] && [ "$(cat "$OUT/.stamp-quick")" = "$QUICK" ] && 
 fi
 
 # --- pick the packages (cheap: apt metadata only) ---------------------------
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+# candidate, fetch, kernel_deb: apt helpers shared with guest-image.sh
+source "$ROOT/scripts/guest/apt.sh"
 if [ -z "$(candidate linux-image-cloud-amd64)" ] || [ "$(candidate linux-image-cloud-amd64)" = "(none)" ]; then
 	log "apt knows no linux-image-cloud-amd64; running apt-get update"
 	apt-get update >&2
 fi
-# fetch PKG: print the path of PKG's candidate .deb in $DL, downloading it
-# with apt-get download when it is not there yet.
-fetch() {
-	local v f
-	v="$(candidate "$1")"
-	[ -n "$v" ] && [ "$v" != "(none)" ] || { log "no candidate version for $1"; return 1; }
-	f="$DL/${1}_${v//:/%3a}_amd64.deb"
-	[ -f "$f" ] || f="$DL/${1}_${v//:/%3a}_all.deb"
-	if [ ! -f "$f" ]; then
-		(cd "$DL" && apt-get download "$1=$v" >&2)
-		f="$(ls "$DL/${1}_${v//:/%3a}"_*.deb | head -n1)"
-	fi
-	echo "$f"
-}
-
-# Learn the real kernel package from the metapackage's Depends.
-meta_deb="$(fetch linux-image-cloud-amd64)"
-KPKG="$(dpkg-deb -f "$meta_deb" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*-cloud-amd64' | head -n1)"
-[ -n "$KPKG" ] || { log "cannot find the kernel package in $meta_deb Depends"; exit 1; }
-KVER="${KPKG#linux-image-}"
-kdeb="$(fetch "$KPKG")"
+kernel_deb linux-image-cloud-amd64 cloud-amd64 # sets meta_deb, KPKG, KVER, kdeb
 bdeb="$(fetch busybox-static)"
 
 # --- stamp: skip when nothing changed ---------------------------------------
@@ -120,38 +101,8 @@ KSRC="$WORK/kernel/lib/modules/$KVER"
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz.tmp"
 
 # --- initrd -----------------------------------------------------------------
-MODS="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_balloon"
+bash "$ROOT/scripts/guest/mkinitrd.sh" "$KSRC" "$KVER" "$BUSYBOX" "$WORK" "$OUT/initrd.img.tmp"
 IR="$WORK/initrd"
-mkdir -p "$IR"/{bin,dev,proc,sys,newroot,etc} "$IR/lib/modules/$KVER"
-cp "$BUSYBOX" "$IR/bin/busybox"
-ln -s busybox "$IR/bin/sh"
-for m in $MODS; do
-	f="$(find "$KSRC/kernel" -name "$m.ko*" | head -n1)"
-	[ -n "$f" ] || { log "module $m not found in $KPKG"; exit 1; }
-	rel="${f#"$KSRC"/}"
-	mkdir -p "$IR/lib/modules/$KVER/$(dirname "$rel")"
-	cp "$f" "$IR/lib/modules/$KVER/$rel"
-done
-cp "$KSRC"/modules.builtin* "$KSRC"/modules.order "$IR/lib/modules/$KVER/" 2>/dev/null || true
-depmod -b "$IR" "$KVER"
-# Load order: for each wanted module, its dependencies (modules.dep lists them
-# so that the last must load first), then itself; no duplicates.
-DEP="$IR/lib/modules/$KVER/modules.dep"
-ORDER=()
-have() { local x; for x in "${ORDER[@]:-}"; do [ "$x" = "$1" ] && return 0; done; return 1; }
-for m in $MODS; do
-	line="$(grep -E "(^|/)$m\.ko(\.[a-z]+)?:" "$DEP" | head -n1)"
-	[ -n "$line" ] || { log "module $m missing from modules.dep"; exit 1; }
-	self="${line%%:*}"
-	read -r -a deps <<<"${line#*:}"
-	for ((i = ${#deps[@]} - 1; i >= 0; i--)); do have "${deps[i]}" || ORDER+=("${deps[i]}"); done
-	have "$self" || ORDER+=("$self")
-done
-printf '%s\n' "${ORDER[@]}" >"$IR/etc/modules.load"
-log "module load order: $(tr '\n' ' ' <"$IR/etc/modules.load")"
-sed "s/@KVER@/$KVER/g" "$ROOT/scripts/guest/initrd-init.sh" >"$IR/init"
-chmod 0755 "$IR/init"
-(cd "$IR" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 -n) >"$OUT/initrd.img.tmp"
 
 # --- clwork (static Go binary) ---------------------------------------------
 log "building clwork"

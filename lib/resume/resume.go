@@ -281,8 +281,9 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 		Name: lo.Name, RunDir: dir, MemMiB: lo.MemMiB, MemShare: true,
 		Kernel: lo.Kernel, Initrd: lo.Initrd, Append: lo.Append,
 		Disk: filepath.Join(dir, "disk.qcow2"), BaseDisk: img.Path, BaseFormat: img.Format,
-		Forwards: fwds, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs,
+		Forwards: fwds, Net: true, VNC: lo.VNC, Accel: lo.Accel, ExtraArgs: lo.ExtraArgs, VMGenID: true,
 	}
+	desc.VMGenID = true
 	if fw.code != "" {
 		if desc.FirmwareCode, err = base.FileSHA256(fw.code); err != nil {
 			return nil, err

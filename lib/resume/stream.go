@@ -89,6 +89,10 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		Name: so.Name, RunDir: dir, MemMiB: int(h.VM.MemSize >> 20), Machine: h.VM.Machine, CPU: h.VM.CPU,
 		Kernel: kernel, Initrd: initrd, Append: h.VM.Append,
 		Forwards: forwards, Net: true, Incoming: true, VNC: so.VNC, Accel: so.Accel, ExtraArgs: so.ExtraArgs,
+		VMGenID: h.VM.VMGenID,
+	}
+	if !h.VM.VMGenID && so.Log != nil {
+		fmt.Fprintf(so.Log, "vm-resume: warning: this VM has no VM generation ID device (its base was made before vm-resume launch added one, or QEMU was started by hand): every instance resumed from it starts with the same RNG state; make the base again with cloudlet base to fix that\n")
 	}
 	if h.VM.Firmware == format.FirmwareUEFI {
 		fw := firmware{code: files[base.FirmwareCodeFile], varsTemplate: files[base.FirmwareVarsFile]}

@@ -111,6 +111,10 @@ type Config struct {
 	Incoming bool // -incoming defer
 	VNC      bool // VNC display on RunDir/vnc.sock instead of headless
 	Balloon  bool // virtio-balloon device (free page reporting off)
+	// VMGenID adds a VM generation ID device with a new ID at every QEMU
+	// start (guid=auto): after a resume the guest sees a changed ID and a
+	// Linux guest with the driver reseeds its RNG, so clones differ.
+	VMGenID bool
 	// FreePageReporting turns on the balloon's free page reporting. Refused
 	// with MemShare false: it punches holes in the (base) memory file.
 	FreePageReporting bool
@@ -413,6 +417,9 @@ func (c Config) Args() ([]string, error) {
 			fpr = "on"
 		}
 		a = append(a, "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting="+fpr)
+	}
+	if c.VMGenID {
+		a = append(a, "-device", "vmgenid,id=vmgenid0,guid=auto")
 	}
 	if c.Incoming {
 		a = append(a, "-incoming", "defer")
