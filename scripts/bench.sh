@@ -28,7 +28,9 @@
 # Links: local (overlay read from local disk), 38mbit and 1gbit (the overlay goes through
 # bench/ratelimit, a token bucket, into the first synthesis stage; decompression is pipelined
 # with the transfer wherever the system's tools allow it).
-# Also: resume scaling (same small change resumed against a 256 MiB and a 2 GiB base), per-stage
+# Also: many instances of the medium workload's overlay at once (N = 1, 4, 8, 16: synthesis time
+# of each, host memory per instance; scripts/instances.sh), resume scaling (same small change
+# resumed against a 256 MiB and a 2 GiB base), per-stage
 # MB/s and peak RSS (/usr/bin/time) of each tool on the medium workload, and the semantic gap
 # (overlay bytes of a write-delete / fill-free workload with TRIM and init_on_free on and off).
 # Output: a table on stdout, bench/results.json, bench/synthesis.svg (progress on stderr).
@@ -62,9 +64,9 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ "$SHORT" = 1 ]; then
-	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512 GAP=4
+	MEM=256 RUNS=${BENCH_RUNS:-1} SCALE_SMALL=256 SCALE_LARGE=512 GAP=4 INSTANCES="1 2"
 else
-	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048 GAP=64
+	MEM=1024 RUNS=${BENCH_RUNS:-3} SCALE_SMALL=256 SCALE_LARGE=2048 GAP=64 INSTANCES="1 4 8 16"
 fi
 # shellcheck source=bench-workloads.sh
 . "$HERE/bench-workloads.sh"
@@ -412,6 +414,16 @@ scale_one() { # LABEL MIB
 }
 scale_one small "$SCALE_SMALL"
 scale_one large "$SCALE_LARGE"
+
+# ---------------------------------------------------------------------------
+# Many instances of one overlay (issue 14): the medium workload's overlay, N at once.
+log "instances: the medium workload's overlay, ${INSTANCES// /, } at once"
+customize "$B" medium "$W/inst.full"
+mem-diff --base "$B" <"$W/inst.full" | disk-diff --base "$B" | overlay-pack --codec zstd >"$W/inst.ov"
+# shellcheck disable=SC2086 # INSTANCES is a list of numbers
+bash "$HERE/instances.sh" "$B" "$W/inst.ov" 80 $INSTANCES >"$W/inst.tsv"
+while IFS=$'\t' read -r -a f; do rec "inst_${f[0]}" "${f[@]:1}"; done <"$W/inst.tsv"
+rm -f "$W/inst.full" "$W/inst.ov"
 
 # ---------------------------------------------------------------------------
 # Semantic gap (issue 8): one workload writes then deletes GAP MiB of files and fills then

@@ -65,8 +65,21 @@ type semGap struct {
 // gapVariants are the switch settings, in table order.
 var gapVariants = []string{"both-on", "trim-off", "freemem-off", "both-off"}
 
+// instances is one line of the many-instances measurement: N instances of
+// the medium workload's overlay at once.
+type instances struct {
+	N                 int     `json:"n"`
+	SynthesisSMedian  float64 `json:"synthesis_s_median"`
+	PSSMiBPerInstance float64 `json:"pss_mib_per_instance"`
+	ChangedMiB        float64 `json:"changed_mib"`
+	// FitHost is how many such instances this host's RAM holds at that
+	// PSS (MemTotal / PSS per instance, rounded down).
+	FitHost int `json:"fit_host"`
+}
+
 type results struct {
 	Workloads     []*workload       `json:"workloads"`
+	Instances     []instances       `json:"instances,omitempty"`
 	ResumeScaling scaling           `json:"resume_scaling"`
 	Stages        map[string]*stage `json:"stages"`
 	SemanticGap   *semGap           `json:"semantic_gap,omitempty"`
@@ -108,6 +121,10 @@ func main() {
 	wl := map[string]*workload{}
 	syn := map[[3]string][]float64{}
 	scale := map[string][]float64{}
+	var instChanged, instMemTotal float64
+	var instOrder []int
+	instTimes := map[int][]float64{}
+	instPSS := map[int]float64{}
 	scaleMiB := map[string]int{}
 	type note struct{ w, s, k, v string }
 	var notes []note
@@ -135,6 +152,18 @@ func main() {
 		case t[0] == "syn" && len(t) == 5:
 			getW(t[1])
 			syn[[3]string{t[1], t[2], t[3]}] = append(syn[[3]string{t[1], t[2], t[3]}], num(4))
+		case t[0] == "inst_changed" && len(t) == 2:
+			instChanged = num(1)
+		case t[0] == "inst_memtotal" && len(t) == 2:
+			instMemTotal = num(1)
+		case t[0] == "inst_inst" && len(t) == 4:
+			n := int(num(1))
+			if _, ok := instTimes[n]; !ok {
+				instOrder = append(instOrder, n)
+			}
+			instTimes[n] = append(instTimes[n], num(3))
+		case t[0] == "inst_pss" && len(t) == 3:
+			instPSS[int(num(1))] = num(2)
 		case t[0] == "scale" && len(t) == 4:
 			scale[t[1]] = append(scale[t[1]], num(3))
 			scaleMiB[t[1]] = int(num(2))
@@ -166,6 +195,16 @@ func main() {
 	if s, l := median(scale["small"]), median(scale["large"]); s > 0 {
 		res.ResumeScaling.Ratio = round(l/s, 3)
 	}
+	for _, n := range instOrder {
+		in := instances{N: n, SynthesisSMedian: round(median(instTimes[n]), 2), ChangedMiB: round(instChanged, 1)}
+		if n > 0 {
+			in.PSSMiBPerInstance = round(instPSS[n]/float64(n), 1)
+		}
+		if in.PSSMiBPerInstance > 0 {
+			in.FitHost = int(instMemTotal / in.PSSMiBPerInstance)
+		}
+		res.Instances = append(res.Instances, in)
+	}
 
 	b, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
@@ -185,6 +224,13 @@ func main() {
 	}
 	fmt.Printf("\nresume scaling: %d MiB base %.2fs, %d MiB base %.2fs, ratio %.3f\n",
 		res.ResumeScaling.SmallMiB, median(scale["small"]), res.ResumeScaling.LargeMiB, median(scale["large"]), res.ResumeScaling.Ratio)
+	if len(res.Instances) > 0 {
+		fmt.Printf("\ninstances of one overlay (%.1f MiB of changed memory) at once, host RAM %.0f MiB\n", instChanged, instMemTotal)
+		fmt.Printf("%4s %22s %22s %10s\n", "N", "synthesis s (median)", "PSS MiB per instance", "fit host")
+		for _, in := range res.Instances {
+			fmt.Printf("%4d %22.2f %22.1f %10d\n", in.N, in.SynthesisSMedian, in.PSSMiBPerInstance, in.FitHost)
+		}
+	}
 	var names []string
 	for n := range res.Stages {
 		names = append(names, n)

@@ -469,34 +469,57 @@ func TestSynthesisEndToEnd(t *testing.T) {
 		e.stop(in)
 	})
 
-	// 3d. two clients synthesize the same overlay through the listener at
-	// once: each instance gets its own free host port, and both apps answer.
-	t.Run("tcp-two-at-once", func(t *testing.T) {
+	// 3d. clients synthesize the same overlay through the listener at once
+	// (2, or CLOUDLET_LOAD_CLIENTS: make bench runs 8): each instance gets
+	// its own free host port, and every app answers. One more client
+	// closes its connection halfway through the overlay: that synthesis
+	// fails alone and leaves nothing.
+	t.Run("tcp-many-at-once", func(t *testing.T) {
 		e := &env{t: t, dir: e.dir, kit: e.kit}
+		clients := 2
+		if n, err := strconv.Atoi(os.Getenv("CLOUDLET_LOAD_CLIENTS")); err == nil && n > 0 {
+			clients = n
+		}
 		lport := guesttest.FreePort(t)
 		stopListener := startListener(t, e, lport)
 		defer stopListener()
+		runsBefore, _ := filepath.Glob(e.path("run", "*"))
 		type result struct {
 			out, stderr string
 			code        int
+			took        time.Duration
 		}
-		res := make(chan result, 2)
-		for i := 0; i < 2; i++ {
+		res := make(chan result, clients)
+		start := time.Now()
+		for i := 0; i < clients; i++ {
 			go func() {
+				t0 := time.Now()
 				out, stderr, code := e.run(4*time.Minute, nil, "bash", filepath.Join(repoRoot, "scripts", "cloudlet"),
 					"synthesis", ovl, "--tcp", fmt.Sprintf("127.0.0.1:%d", lport))
-				res <- result{out, stderr, code}
+				res <- result{out, stderr, code, time.Since(t0)}
 			}()
 		}
+		// The client that gives up: half the overlay, then it closes.
+		half, err := os.ReadFile(ovl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		halfOut, _, _ := e.run(time.Minute, bytes.NewReader(half[:len(half)/2]), "socat", "-t", "60", "-", fmt.Sprintf("TCP:127.0.0.1:%d", lport))
+		if !strings.Contains(halfOut, `"error"`) {
+			t.Errorf("the client that closed halfway got %q, want an error answer", halfOut)
+		}
 		var ins []instance
-		for i := 0; i < 2; i++ {
+		var took []float64
+		for i := 0; i < clients; i++ {
 			r := <-res
 			if r.code != 0 {
 				t.Errorf("synthesis %d: exit %d: %s", i, r.code, r.stderr)
 				continue
 			}
 			ins = append(ins, parseInstance(t, strings.TrimSpace(r.out)))
+			took = append(took, r.took.Seconds())
 		}
+		t.Logf("%d clients at once: all answered in %.2fs; each synthesis took %v s", clients, time.Since(start).Seconds(), took)
 		ports := map[int]bool{}
 		for _, in := range ins {
 			port := 0
@@ -513,6 +536,9 @@ func TestSynthesisEndToEnd(t *testing.T) {
 		}
 		for _, in := range ins {
 			e.stop(in)
+		}
+		if runs, _ := filepath.Glob(e.path("run", "*")); len(runs) != len(runsBefore) {
+			t.Errorf("run folders after stopping every instance: %v (before: %v)", runs, runsBefore)
 		}
 	})
 
