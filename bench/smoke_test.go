@@ -106,6 +106,13 @@ func TestBenchShort(t *testing.T) {
 			DeletedMiB   int              `json:"deleted_mib"`
 			OverlayBytes map[string]int64 `json:"overlay_bytes"`
 		} `json:"semantic_gap"`
+		Instances []struct {
+			N          int     `json:"n"`
+			SynthesisS float64 `json:"synthesis_s_median"`
+			PSSMiB     float64 `json:"pss_mib_per_instance"`
+			ChangedMiB float64 `json:"changed_mib"`
+			FitHost    int     `json:"fit_host"`
+		} `json:"instances"`
 	}
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatalf("results.json: %v\n%s", err, b)
@@ -150,6 +157,15 @@ func TestBenchShort(t *testing.T) {
 		// margin is loose because the short run's amounts are small.
 		if on, off := g.OverlayBytes["both-on"], g.OverlayBytes["both-off"]; on >= off {
 			t.Errorf("semantic_gap: overlay %d bytes with both switches on, %d with both off; want smaller with them on", on, off)
+		}
+	}
+	// Many instances of one overlay: N = 1 and 2 in the short run.
+	if len(res.Instances) != 2 || res.Instances[0].N != 1 || res.Instances[1].N != 2 {
+		t.Errorf("instances: %+v, want N = 1 and 2", res.Instances)
+	}
+	for _, in := range res.Instances {
+		if in.SynthesisS <= 0 || in.PSSMiB <= 0 || in.ChangedMiB <= 0 || in.FitHost <= 0 {
+			t.Errorf("instances N=%d: %+v", in.N, in)
 		}
 	}
 	if fi, err := os.Stat(filepath.Join(out, "synthesis.svg")); err != nil || fi.Size() == 0 {
