@@ -43,6 +43,8 @@ demo: deps build kit
 
 bench: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/bench.sh
+	# the load test: 8 clients synthesize one overlay through the listener at once
+	PATH=$(BIN):$$PATH CLOUDLET_LOAD_CLIENTS=8 $(GO) test -count=1 -v -run 'TestSynthesisEndToEnd/tcp-many-at-once' ./test/e2e/
 
 # Each fuzz target for FUZZTIME. Minimizing each new input is capped at 1s:
 # with Go's default (60s) the engine spends nearly all its time minimizing.
