@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"cloudlet/format"
@@ -61,9 +62,10 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	if b != nil {
 		searchDirs = append([]string{b.Dir}, searchDirs...)
 	}
+	bootDirs := append(slices.Clone(searchDirs), vm.FirmwareDir)
 	files := map[string]string{}
 	for name, sum := range base.BootFiles(h.VM) {
-		if files[name], err = base.FindBootFile(sum, name, append(searchDirs, vm.FirmwareDir)); err != nil {
+		if files[name], err = base.FindBootFile(sum, name, bootDirs); err != nil {
 			return nil, err
 		}
 	}
