@@ -204,3 +204,41 @@ func TestRelativePathsBecomeAbsolute(t *testing.T) {
 		t.Errorf("BaseDisk %q; want %q", got, want)
 	}
 }
+
+// UEFI firmware as two pflash drives, a generation ID device, free ports.
+func TestArgsFirmwareGenIDFreePort(t *testing.T) {
+	c := baseConfig()
+	c.Kernel, c.Initrd, c.Append = "", "", ""
+	c.Firmware, c.FirmwareCode, c.FirmwareVars = FirmwareUEFI, "/usr/share/OVMF/OVMF_CODE_4M.fd", "/tmp/cl-run/efivars.fd"
+	c.VMGenID = true
+	c.Forwards = []Forward{{HostPort: 0, GuestPort: 80}, {HostPort: 0, GuestPort: 22}}
+	a, err := c.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := strings.Join(a, " ")
+	for _, want := range []string{
+		"-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+		"-drive if=pflash,format=raw,unit=1,file=/tmp/cl-run/efivars.fd",
+		"-device vmgenid,id=vmgenid0,guid=auto",
+		"hostfwd=tcp:127.0.0.1:0-:80,hostfwd=tcp:127.0.0.1:0-:22",
+	} {
+		if !strings.Contains(j, want) {
+			t.Errorf("args lack %q:\n%s", want, j)
+		}
+	}
+	if strings.Contains(j, "-kernel") {
+		t.Errorf("a firmware boot passes -kernel: %s", j)
+	}
+	for _, bad := range []func(*Config){
+		func(c *Config) { c.FirmwareVars = "" },
+		func(c *Config) { c.Firmware = "coreboot" },
+		func(c *Config) { c.Firmware = FirmwareBIOS },
+	} {
+		b := c
+		bad(&b)
+		if _, err := b.Args(); err == nil {
+			t.Errorf("accepted firmware %q code %q vars %q", b.Firmware, b.FirmwareCode, b.FirmwareVars)
+		}
+	}
+}
