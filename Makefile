@@ -8,7 +8,7 @@ CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
 export CLOUDLET_GUEST_DIR
 TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
-	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf
+	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl
 
 .PHONY: all deps build kit test demo bench lint fuzz clean
 

@@ -174,6 +174,8 @@ T_SYN=$(since "$t")
 cat "$W/synthesis.log" >&2
 LAST=$(sed -n 's/.*last overlay byte -> guest running: \([0-9.]*\)s.*/\1/p' "$W/synthesis.log")
 echo "instance: $(cat "$W/instance.json")" >&2
+# The cloudlet picks the host port (a free one over ssh): the instance says which.
+PORT=$(jq -r '[.forwards[] | select(.guest_port == 80) | .host_port][0]' "$W/instance.json")
 
 # ---------------------------------------------------------------------------
 step "4. the app, through the forwarded port 127.0.0.1:$PORT"
