@@ -75,6 +75,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return fn(b, cc)
 		}
 	}
+	// made reports a new base folder on stderr, adds it to the catalog
+	// with --add, and prints its ID.
+	made := func(c *base.Catalog, cc *cli.Context, m *base.Meta, dir, what string, start time.Time) error {
+		fmt.Fprintf(stderr, "cloudlet-base: "+what+" (%.1fs)\n", m.ID, dir, time.Since(start).Seconds())
+		if cc.Bool("add") {
+			c.Add(base.Entry{Name: m.Name, SHA256: m.ID, Path: dir})
+			if err := c.Save(); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintln(stdout, m.ID)
+		return nil
+	}
 	app := cliutil.NewApp("cloudlet-base", "make base VMs and manage the base catalog",
 		"cloudlet-base [--catalog FILE] COMMAND ...", description,
 		[]cli.Flag{cliutil.Path(&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"})},
@@ -103,15 +116,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(stderr, "cloudlet-base: made base %s in %s (%.1fs)\n", m.ID, dir, time.Since(start).Seconds())
-				if cc.Bool("add") {
-					c.Add(base.Entry{Name: m.Name, SHA256: m.ID, Path: dir})
-					if err := c.Save(); err != nil {
-						return err
-					}
-				}
-				fmt.Fprintln(stdout, m.ID)
-				return nil
+				return made(c, cc, m, dir, "made base %s in %s", start)
 			}),
 		},
 		{
@@ -225,15 +230,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(stderr, "cloudlet-base: imported base %s into %s (%.1fs)\n", m.ID, dir, time.Since(start).Seconds())
-				if cc.Bool("add") {
-					c.Add(base.Entry{Name: m.Name, SHA256: m.ID, Path: dir})
-					if err := c.Save(); err != nil {
-						return err
-					}
-				}
-				fmt.Fprintln(stdout, m.ID)
-				return nil
+				return made(c, cc, m, dir, "imported base %s into %s", start)
 			}),
 		},
 		{

@@ -34,6 +34,7 @@ func serve(t *testing.T, fn func(net.Conn)) string {
 }
 
 func TestPort(t *testing.T) {
+	defer func(w time.Duration) { ProbeWait = w }(ProbeWait)
 	ProbeWait = 200 * time.Millisecond
 	quiet := serve(t, func(c net.Conn) { time.Sleep(2 * time.Second); c.Close() })
 	banner := serve(t, func(c net.Conn) { c.Write([]byte("SSH-2.0-x\r\n")); time.Sleep(time.Second); c.Close() })

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"cloudlet/lib/qmpctl"
 )
 
 // A host forward line of HMP "info usernet":
@@ -70,7 +72,12 @@ func (in *Instance) fillFreePorts(ctx context.Context) error {
 	if !free {
 		return nil
 	}
-	out, err := QMPHuman(ctx, in.QMPPath(), "info usernet")
+	c, err := qmpctl.Dial(ctx, in.QMPPath())
+	if err != nil {
+		return fmt.Errorf("vm: asking QEMU for its forwarded ports: %w", err)
+	}
+	out, err := c.HumanMonitorCommand(ctx, "info usernet")
+	c.Close()
 	if err != nil {
 		return fmt.Errorf("vm: asking QEMU for its forwarded ports: %w", err)
 	}

@@ -18,26 +18,6 @@ func QMPQuit(ctx context.Context, path string) error { return qmpExec(ctx, path,
 // query-status: it succeeds once QEMU's monitor serves commands.
 func QMPPing(ctx context.Context, path string) error { return qmpExec(ctx, path, "query-status") }
 
-// QMPHuman runs an HMP command line through QMP and returns its output.
-func QMPHuman(ctx context.Context, path, cmdline string) (string, error) {
-	arg, err := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]string{"command-line": cmdline}})
-	if err != nil {
-		return "", err
-	}
-	var out string
-	err = qmpSession(ctx, path, func(conn net.Conn, r *bufio.Reader) error {
-		if _, err := conn.Write(append(arg, '\n')); err != nil {
-			return err
-		}
-		ret, err := readResult(r)
-		if err != nil {
-			return fmt.Errorf("qmp %s: %w", cmdline, err)
-		}
-		return json.Unmarshal(ret, &out)
-	})
-	return out, err
-}
-
 // qmpExec runs argument-less commands on a fresh QMP connection and closes
 // it (QEMU serves one QMP client at a time).
 func qmpExec(ctx context.Context, path string, cmds ...string) error {
