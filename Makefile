@@ -8,7 +8,12 @@ CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
 export CLOUDLET_GUEST_DIR
 TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
-	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl
+	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl \
+	gcc libc6-dev liblzma-dev
+# The tools link liblzma through cgo (lib/codec: the xz tool's encoder and
+# decoder). `make build CGO_ENABLED=0` builds the pure-Go xz path instead.
+CGO_ENABLED ?= 1
+export CGO_ENABLED
 
 .PHONY: all deps build kit test demo bench lint fuzz clean
 
@@ -37,6 +42,8 @@ lint:
 
 test: deps build kit lint
 	PATH=$(BIN):$$PATH $(GO) test -timeout 25m ./...
+	# the pure-Go xz path (builds without cgo) against the same tests
+	CGO_ENABLED=0 $(GO) test -count=1 ./lib/codec/ ./lib/overlay/ ./cmd/overlay-pack/ ./cmd/overlay-apply/
 
 demo: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/demo.sh
@@ -54,6 +61,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/migstream/
 	$(GO) test -run XXX -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/overlay/
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/delta/
+	$(GO) test -run XXX -fuzz '^FuzzXZ$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/codec/
 
 clean:
 	rm -rf $(BIN)

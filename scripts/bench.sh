@@ -20,6 +20,8 @@
 #                                + xdelta3 -d of both images (timed), then the resume from those images,
 #                                timed as vm-resume of the customized VM's full stream (the same state)
 #                                until the app answers
+#   xz9-segments                 size only, a reference: C `xz -9` of the cloudlet diff stream cut into
+#                                4 MiB pieces, each compressed alone (what overlay-pack's segments are)
 #   qemu-migrate-xz, -zstd       a plain QEMU started by hand (anonymous -m RAM, qcow2 top layer over the
 #                                kit image), the workload, QMP migrate to exec:cat > FILE, then
 #                                tar(migration file + qcow2 top layer) | xz -9 / zstd -3; synthesis =
@@ -221,6 +223,17 @@ customize() {
 	[ -z "$st" ] || stage vm-capture "$(fsize "$full")" "$W/t.capture"
 }
 
+# xz9_segments FILE: the bytes of C `xz -9` of FILE cut into 4 MiB pieces,
+# each compressed alone (as overlay-pack's segments are), on all cores.
+xz9_segments() {
+	local d=$W/xzseg
+	rm -rf "$d" && mkdir -p "$d"
+	split -b 4M -a 5 "$1" "$d/p"
+	printf '%s\0' "$d"/p* | xargs -0 -P "$(nproc)" -I{} sh -c 'xz -9 -c <"$1" | wc -c >"$1.n"' _ {}
+	cat "$d"/*.n | awk '{ s += $1 } END { print s }'
+	rm -rf "$d"
+}
+
 # ---------------------------------------------------------------------------
 B=$W/base
 log "base: ${MEM} MiB guest from $KIT/rootfs.img"
@@ -256,6 +269,8 @@ for wl in "${WORKLOADS[@]}"; do
 	rec note "$wl" cloudlet "diff stream MB" "$(awk -v b="$(fsize "$D/dd")" 'BEGIN{printf "%.1f", b/1e6}')"
 	rm -f "$D/md" "$D/resolved"
 	for s in cloudlet-zstd cloudlet-xz; do rec size "$wl" "$s" "$(fsize "$D/$s.ov")"; done
+	log "$wl: xz9-segments (C xz -9 of the diff stream in 4 MiB pieces, size only)"
+	rec size "$wl" xz9-segments "$(xz9_segments "$D/dd")"
 
 	# ---- elijah2009-xdelta3-xz ---------------------------------------------
 	log "$wl: elijah2009 overlay (whole images, xdelta3 -9 -B $XDELTA_WINDOW, xz -9)"

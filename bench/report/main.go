@@ -27,13 +27,16 @@ import (
 )
 
 var (
-	systems = []string{"cloudlet-zstd", "cloudlet-xz", "elijah2009-xdelta3-xz", "qemu-migrate-xz", "qemu-migrate-zstd"}
+	systems = []string{"cloudlet-zstd", "cloudlet-xz", "elijah2009-xdelta3-xz", "qemu-migrate-xz", "qemu-migrate-zstd", "xz9-segments"}
 	links   = []string{"local", "38mbit", "1gbit"}
+	// sizeOnly are reference systems measured by size alone: xz9-segments
+	// is C `xz -9` of our own diff stream in 4 MiB pieces (issue 15).
+	sizeOnly = map[string]bool{"xz9-segments": true}
 )
 
 type sysResult struct {
 	OverlayBytes int64              `json:"overlay_bytes"`
-	SynthesisS   map[string]float64 `json:"synthesis_s"`
+	SynthesisS   map[string]float64 `json:"synthesis_s,omitempty"`
 }
 
 type workload struct {
@@ -133,7 +136,10 @@ func main() {
 		if w == nil {
 			w = &workload{Name: name, RAMMiB: *mem, Systems: map[string]*sysResult{}}
 			for _, s := range systems {
-				w.Systems[s] = &sysResult{SynthesisS: map[string]float64{"local": 0, "38mbit": 0, "1gbit": 0}}
+				w.Systems[s] = &sysResult{}
+				if !sizeOnly[s] {
+					w.Systems[s].SynthesisS = map[string]float64{"local": 0, "38mbit": 0, "1gbit": 0}
+				}
 			}
 			wl[name] = w
 			res.Workloads = append(res.Workloads, w)
@@ -187,7 +193,7 @@ func main() {
 		}
 	}
 	for k, v := range syn {
-		if r := wl[k[0]].Systems[k[1]]; r != nil {
+		if r := wl[k[0]].Systems[k[1]]; r != nil && r.SynthesisS != nil {
 			r.SynthesisS[k[2]] = round(median(v), 2)
 		}
 	}
@@ -218,6 +224,10 @@ func main() {
 	for _, w := range res.Workloads {
 		for _, s := range systems {
 			r := w.Systems[s]
+			if r.SynthesisS == nil {
+				fmt.Printf("%-10s %-22s %12.2f %9s %9s %9s\n", w.Name, s, float64(r.OverlayBytes)/1e6, "-", "-", "-")
+				continue
+			}
 			fmt.Printf("%-10s %-22s %12.2f %9.2f %9.2f %9.2f\n", w.Name, s, float64(r.OverlayBytes)/1e6,
 				r.SynthesisS["local"], r.SynthesisS["38mbit"], r.SynthesisS["1gbit"])
 		}
@@ -295,6 +305,22 @@ func main() {
 		}
 		goal("cloudlet-zstd synthesis@1Gbit / qemu-migrate-zstd@1Gbit", ratio(z.SynthesisS["1gbit"], gw.Systems["qemu-migrate-zstd"].SynthesisS["1gbit"]), 0.25)
 	}
+	// Goals (issue 15): the best overlay within 2% of C xz -9 on every
+	// workload; local synthesis at most 0.6x stock QEMU's on the medium ones.
+	fmt.Printf("\ngoals (issue 15):\n")
+	for _, w := range res.Workloads {
+		x := w.Systems["xz9-segments"].OverlayBytes
+		best := min(w.Systems["cloudlet-zstd"].OverlayBytes, w.Systems["cloudlet-xz"].OverlayBytes)
+		if x > 0 {
+			goal(w.Name+": best cloudlet overlay / xz9-segments", float64(best)/float64(x), 1.02)
+		}
+	}
+	for _, gw := range goalWs {
+		q := gw.Systems["qemu-migrate-zstd"].SynthesisS["local"]
+		if q > 0 {
+			goal(gw.Name+": cloudlet-zstd local synthesis / qemu-migrate-zstd local", gw.Systems["cloudlet-zstd"].SynthesisS["local"]/q, 0.6)
+		}
+	}
 	if len(goalWs) > 0 {
 		goal("resume scaling ratio (2 GiB base / 256 MiB base)", res.ResumeScaling.Ratio, 1.2)
 	}
@@ -316,7 +342,7 @@ func plot(res *results, runs int) string {
 		n = 1
 	}
 	W := float64(n)*(pw+ml+mr) + 10
-	H := mt + ph + mb + 30 + 18*float64(len(systems))
+	H := mt + ph + mb + 30 + 18*float64(len(systems)-len(sizeOnly))
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -364,6 +390,9 @@ func plot(res *results, runs int) string {
 		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">link bandwidth (log)</text>`+"\n", ox+pw/2, mt+ph+34)
 		fmt.Fprintf(&b, `<text transform="translate(%.0f,%.0f) rotate(-90)" text-anchor="middle">synthesis time, s (log)</text>`+"\n", ox-42, mt+ph/2)
 		for j, s := range systems {
+			if sizeOnly[s] {
+				continue
+			}
 			var pts []string
 			for _, l := range links {
 				if v := w.Systems[s].SynthesisS[l]; v > 0 {

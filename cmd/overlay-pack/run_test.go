@@ -63,7 +63,7 @@ func TestPipe(t *testing.T) {
 
 func TestUsage(t *testing.T) {
 	for _, args := range [][]string{
-		{"--codec", "gzip"}, {"--level", "0"}, {"--segment-size", "100"}, {"--bandwidth", "-1"}, {"extra"}, {"--nope"},
+		{"--codec", "gzip"}, {"--level", "0"}, {"--codec", "xz", "--level", "12"}, {"--codec", "auto", "--level", "3"}, {"--segment-size", "100"}, {"--bandwidth", "-1"}, {"extra"}, {"--nope"},
 	} {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), append([]string{"overlay-pack"}, args...), bytes.NewReader(diffStream(t)), &out, &errb)

@@ -1,7 +1,6 @@
 package codec
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,8 +8,6 @@ import (
 	"cloudlet/format"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
-	"github.com/ulikunitz/xz/lzma"
 )
 
 // Codecs, as in format.CodecZstd and format.CodecXZ.
@@ -19,17 +16,40 @@ const (
 	XZ   = format.CodecXZ
 )
 
-// Levels accepted by Compress; DefaultLevel is what overlay-pack uses.
+// Levels accepted by Compress: zstd 1-19 as on the zstd command line, xz
+// 1-9 as xz's presets -1 to -9 (ExtremeFrom and up add xz's --extreme).
+// DefaultLevel is zstd's, which overlay-pack uses by default.
 const (
 	MinLevel     = 1
 	MaxLevel     = 19
 	DefaultLevel = 3
+
+	MinXZLevel     = 1
+	MaxXZLevel     = 9
+	DefaultXZLevel = 9
+	ExtremeFrom    = 10
 )
 
-// DecodeSpeed is the measured single-core decode speed of each codec in
-// bytes of raw output per second (Go, amd64): zstd about 1384 MB/s, xz
-// about 16.5 MB/s.
-var DecodeSpeed = map[uint8]float64{Zstd: 1384e6, XZ: 16.5e6}
+// Levels returns the lowest, default and highest level of a codec.
+func Levels(c uint8) (lo, def, hi int) {
+	if c == XZ {
+		return MinXZLevel, DefaultXZLevel, MaxXZLevel
+	}
+	return MinLevel, DefaultLevel, MaxLevel
+}
+
+// Impl names the implementation that encodes and decodes a codec in this
+// build, e.g. "liblzma 5.4.1 (cgo)".
+func Impl(c uint8) string {
+	if c == XZ {
+		return lzmaImpl.name
+	}
+	return "klauspost/compress zstd"
+}
+
+// LevelMatters reports whether the level changes a codec's output in this
+// build (the pure-Go xz encoder has one setting).
+func LevelMatters(c uint8) bool { return c != XZ || lzmaImpl.levels }
 
 // ErrCorrupt is wrapped by Decompress errors caused by the input.
 var ErrCorrupt = errors.New("codec: corrupt segment")
@@ -56,17 +76,15 @@ func Parse(s string) (uint8, error) {
 	return 0, fmt.Errorf("codec: unknown codec %q (want zstd or xz)", s)
 }
 
-// Compress appends the compressed form of src to dst. level runs from
-// MinLevel to MaxLevel as in the zstd command line; for zstd it maps to the
-// four klauspost encoder levels (zstd.EncoderLevelFromZstd); xz has one
-// setting, the hash-table match finder (ulikunitz/xz's binary tree is about
-// 100 times slower and, in v0.5.17, wrote distances its own reader rejects
-// for a 1 MiB input). The xz dictionary is the segment's size (at least 64 KiB,
-// at most format.MaxSegmentRaw): a segment is compressed on its own, so a
-// larger dictionary only costs memory.
+// Compress appends the compressed form of src to dst, at a level within
+// Levels(codec). For zstd the level maps to the four klauspost encoder
+// levels (zstd.EncoderLevelFromZstd). For xz it is liblzma's preset when
+// the build has cgo (Impl), with the dictionary cut to the segment's size
+// (at least 64 KiB, at most format.MaxSegmentRaw): a segment is compressed
+// on its own, so a larger dictionary only costs memory.
 func Compress(codec uint8, level int, dst, src []byte) ([]byte, error) {
-	if level < MinLevel || level > MaxLevel {
-		return nil, fmt.Errorf("codec: level %d out of range %d-%d", level, MinLevel, MaxLevel)
+	if lo, _, hi := Levels(codec); level < lo || level > hi {
+		return nil, fmt.Errorf("codec: %s level %d out of range %d-%d", Name(codec), level, lo, hi)
 	}
 	if len(src) > format.MaxSegmentRaw {
 		return nil, fmt.Errorf("codec: segment of %d bytes exceeds the %d-byte limit", len(src), format.MaxSegmentRaw)
@@ -87,19 +105,7 @@ func Compress(codec uint8, level int, dst, src []byte) ([]byte, error) {
 		p.Put(enc)
 		return dst, nil
 	case XZ:
-		cfg := xz.WriterConfig{DictCap: min(max(len(src), 64<<10), format.MaxSegmentRaw), CheckSum: xz.CRC32, Matcher: lzma.HashTable4}
-		buf := bytes.NewBuffer(dst)
-		w, err := cfg.NewWriter(buf)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(src); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
-		return buf.Bytes(), nil
+		return lzmaImpl.compress(dst, src, level)
 	}
 	return nil, fmt.Errorf("codec: unknown codec %d (want %d zstd or %d xz)", codec, Zstd, XZ)
 }
@@ -152,7 +158,7 @@ func DecompressInto(codec uint8, dst, src []byte, rawLen int) ([]byte, error) {
 		}
 		return out, nil
 	case XZ:
-		return decompressXZ(dst, src)
+		return lzmaImpl.decompress(dst, src)
 	}
 	return nil, fmt.Errorf("%w: unknown codec %d (want %d zstd or %d xz)", ErrCorrupt, codec, Zstd, XZ)
 }

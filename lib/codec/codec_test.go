@@ -40,10 +40,56 @@ func pages(seed uint64, n int) []byte {
 	return b[:n]
 }
 
+// lzmaBackends are the LZMA implementations in this build: the pure-Go one
+// always, liblzma's too when built with cgo.
+func lzmaBackends() []lzmaBackend {
+	if lzmaImpl.name == pureLZMA.name {
+		return []lzmaBackend{pureLZMA}
+	}
+	return []lzmaBackend{lzmaImpl, pureLZMA}
+}
+
+// useLZMA makes b the LZMA implementation until the test ends.
+func useLZMA(t testing.TB, b lzmaBackend) {
+	old := lzmaImpl
+	lzmaImpl = b
+	t.Cleanup(func() { lzmaImpl = old })
+}
+
+// Each LZMA implementation reads what the other writes.
+func TestXZBackendsInterop(t *testing.T) {
+	bs := lzmaBackends()
+	for _, enc := range bs {
+		for _, dec := range bs {
+			for _, n := range []int{0, 1, 4096, 1<<20 + 7} {
+				src := pages(uint64(n)+9, n)
+				comp, err := enc.compress(nil, src, 6)
+				if err != nil {
+					t.Fatalf("%s: compress %d bytes: %v", enc.name, n, err)
+				}
+				got, err := dec.decompress(make([]byte, 0, n), comp)
+				if err != nil || !bytes.Equal(got, src) {
+					t.Fatalf("%s reading %s's %d bytes: %v; want the input back", dec.name, enc.name, n, err)
+				}
+			}
+		}
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
+	for _, b := range lzmaBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			useLZMA(t, b)
+			testRoundTrip(t)
+		})
+	}
+}
+
+func testRoundTrip(t *testing.T) {
 	for _, c := range []uint8{Zstd, XZ} {
 		for _, n := range []int{0, 1, 4096, 1 << 20, 4<<20 + 513} {
-			for _, level := range []int{1, 9} {
+			lo, _, hi := Levels(c)
+			for _, level := range []int{lo, hi} {
 				src := pages(uint64(n), n)
 				comp, err := Compress(c, level, nil, src)
 				if err != nil {
@@ -64,6 +110,15 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestWrongLength(t *testing.T) {
+	for _, b := range lzmaBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			useLZMA(t, b)
+			testWrongLength(t)
+		})
+	}
+}
+
+func testWrongLength(t *testing.T) {
 	src := pages(1, 100000)
 	for _, c := range []uint8{Zstd, XZ} {
 		comp, _ := Compress(c, 3, nil, src)
@@ -79,6 +134,15 @@ func TestWrongLength(t *testing.T) {
 }
 
 func TestCorrupt(t *testing.T) {
+	for _, b := range lzmaBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			useLZMA(t, b)
+			testCorrupt(t)
+		})
+	}
+}
+
+func testCorrupt(t *testing.T) {
 	src := pages(2, 50000)
 	for _, c := range []uint8{Zstd, XZ} {
 		comp, _ := Compress(c, 3, nil, src)
@@ -96,10 +160,20 @@ func TestCorrupt(t *testing.T) {
 }
 
 // A forged dictionary size (4 GiB) must not be allocated: the decoder
-// bounds it by the raw length and still decodes.
+// bounds it by the raw length and still decodes (liblzma refuses it within
+// its memory limit and hands the segment to the pure-Go reader).
 func TestXZForgedDictionary(t *testing.T) {
+	for _, b := range lzmaBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			useLZMA(t, b)
+			testXZForgedDictionary(t)
+		})
+	}
+}
+
+func testXZForgedDictionary(t *testing.T) {
 	src := pages(3, 10000)
-	comp, _ := Compress(XZ, 3, nil, src)
+	comp, _ := pureLZMA.compress(nil, src, 0) // no sizes in its block header
 	hsize := (int(comp[12]) + 1) * 4
 	h := comp[12 : 12+hsize]
 	// Block flags 0: the filter flags start at byte 2: id 0x21, size 1, dict.
@@ -117,6 +191,15 @@ func TestXZForgedDictionary(t *testing.T) {
 // Our xz streams are standard: ulikunitz's reader and the xz tool read
 // them, and we read ulikunitz's default output (CRC64).
 func TestXZInterop(t *testing.T) {
+	for _, b := range lzmaBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			useLZMA(t, b)
+			testXZInterop(t)
+		})
+	}
+}
+
+func testXZInterop(t *testing.T) {
 	src := pages(4, 300000)
 	comp, _ := Compress(XZ, 3, nil, src)
 	r, err := xz.NewReader(bytes.NewReader(comp))
@@ -147,7 +230,7 @@ func BenchmarkCodec(b *testing.B) {
 	for _, c := range []struct {
 		codec uint8
 		level int
-	}{{Zstd, 1}, {Zstd, 3}, {Zstd, 9}, {XZ, 3}} {
+	}{{Zstd, 1}, {Zstd, 3}, {Zstd, 9}, {Zstd, 19}, {XZ, 6}, {XZ, 9}} {
 		name := fmt.Sprintf("%s-%d", Name(c.codec), c.level)
 		var comp []byte
 		b.Run(name+"/compress", func(b *testing.B) {

@@ -16,7 +16,8 @@ import (
 type PackOptions struct {
 	// Codec is "zstd", "xz" or "auto" (default zstd).
 	Codec string
-	// Level is the compression level, 1-19 (default 3).
+	// Level is the codec's compression level (codec.Levels; 0: the codec's
+	// default, zstd 3 and xz 9). "auto" picks it and wants 0.
 	Level int
 	// SegmentSize is the raw size of a segment (default 4 MiB, at most
 	// format.MaxSegmentRaw, at least 64 KiB).
@@ -44,16 +45,22 @@ func (o *PackOptions) fill() error {
 	if o.Codec == "" {
 		o.Codec = "zstd"
 	}
-	if o.Codec != "auto" {
-		if _, err := codec.Parse(o.Codec); err != nil {
+	if o.Codec == "auto" {
+		if o.Level != 0 {
+			return fmt.Errorf("overlay: level %d with codec auto: auto picks the level itself", o.Level)
+		}
+	} else {
+		c, err := codec.Parse(o.Codec)
+		if err != nil {
 			return fmt.Errorf("overlay: codec %q: want zstd, xz or auto", o.Codec)
 		}
-	}
-	if o.Level == 0 {
-		o.Level = codec.DefaultLevel
-	}
-	if o.Level < codec.MinLevel || o.Level > codec.MaxLevel {
-		return fmt.Errorf("overlay: level %d: want %d-%d", o.Level, codec.MinLevel, codec.MaxLevel)
+		lo, def, hi := codec.Levels(c)
+		if o.Level == 0 {
+			o.Level = def
+		}
+		if o.Level < lo || o.Level > hi {
+			return fmt.Errorf("overlay: %s level %d: want %d-%d", o.Codec, o.Level, lo, hi)
+		}
 	}
 	if o.SegmentSize == 0 {
 		o.SegmentSize = DefaultSegmentSize
@@ -90,7 +97,7 @@ type packer struct {
 	ctx     context.Context
 	o       *PackOptions
 	w       *format.Writer
-	codec   uint8 // 0 until "auto" decided
+	codec   uint8 // 0 until "auto" decided (it sets o.Level too)
 	jobs    chan *packJob
 	pending []*packJob
 	free    [][]byte // raw buffers to reuse
@@ -240,32 +247,19 @@ func (p *packer) submit(j *packJob) error {
 	return nil
 }
 
-// decide picks the codec for "auto" by compressing the first segment both
-// ways: the one with the smaller (compressed bytes / bandwidth + raw bytes
-// / decode speed) wins, that is the sooner the cloudlet has the data
-// decoded.
+// decide picks codec and level for "auto" (planAuto) from the first
+// segment and compresses it with the choice.
 func (p *packer) decide(j *packJob) error {
-	bps := p.o.Bandwidth * 1e6 / 8
-	best, bestT := uint8(0), 0.0
-	var bestComp []byte
-	var line string
-	for _, c := range []uint8{codec.Zstd, codec.XZ} {
-		comp, err := codec.Compress(c, p.o.Level, nil, j.raw)
-		if err != nil {
-			return err
-		}
-		t := float64(len(comp))/bps + float64(len(j.raw))/codec.DecodeSpeed[c]
-		line += fmt.Sprintf(" %s %d bytes %.3fs;", codec.Name(c), len(comp), t)
-		if best == 0 || t < bestT {
-			best, bestT, bestComp = c, t, comp
-		}
+	plan, err := planAuto(j.raw, p.o.Bandwidth, p.o.Workers)
+	if err != nil {
+		return err
 	}
-	p.codec = best
+	best := plan[0]
+	p.codec, p.o.Level = best.Codec, best.Level
 	if p.o.Log != nil {
-		fmt.Fprintf(p.o.Log, "overlay-pack: --codec auto chose %s for %g Mbit/s (first segment of %d bytes:%s time = size/bandwidth + decode)\n",
-			codec.Name(best), p.o.Bandwidth, len(j.raw), line)
+		fmt.Fprint(p.o.Log, describePlan(plan, p.o.Bandwidth, len(j.raw), p.o.Workers))
 	}
-	j.codec, j.comp = best, bestComp
+	j.codec, j.comp = best.Codec, best.comp
 	close(j.done)
 	return nil
 }

@@ -1,0 +1,130 @@
+package overlay
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"cloudlet/lib/codec"
+)
+
+// AutoChoice is one codec and level that --codec auto weighs, with what it
+// measured on the first segment.
+type AutoChoice struct {
+	Codec uint8
+	Level int
+	// Ratio is compressed / raw bytes.
+	Ratio float64
+	// Encode and Decode are single-core speeds in raw bytes per second.
+	Encode, Decode float64
+	// Seconds is the synthesis time per raw MB: the larger of sending it
+	// (Ratio / bandwidth) and decoding it on the cloudlet's cores, since
+	// overlay-apply decodes segments while the next ones arrive.
+	Seconds float64
+	comp    []byte
+}
+
+func (c AutoChoice) String() string {
+	if codec.LevelMatters(c.Codec) {
+		return fmt.Sprintf("%s %d", codec.Name(c.Codec), c.Level)
+	}
+	return codec.Name(c.Codec)
+}
+
+// AutoCandidates are the settings --codec auto tries: zstd at its default
+// and its best level (fast to decode), and xz at its best (smallest).
+var AutoCandidates = []struct {
+	Codec uint8
+	Level int
+}{{codec.Zstd, codec.DefaultLevel}, {codec.Zstd, codec.MaxLevel}, {codec.XZ, codec.DefaultXZLevel}}
+
+// minTiming is how long planAuto repeats a decode to time it.
+const minTiming = 20 * time.Millisecond
+
+// planAuto compresses raw with every candidate at once, then times each
+// decoding alone, and returns the candidates best first: by the synthesis time
+// per raw byte at bandwidth Mbit/s with cores decoding in parallel, ties
+// going to the smaller overlay.
+func planAuto(raw []byte, bandwidth float64, cores int) ([]AutoChoice, error) {
+	out := make([]AutoChoice, len(AutoCandidates))
+	errs := make([]error, len(AutoCandidates))
+	var wg sync.WaitGroup
+	for i, c := range AutoCandidates {
+		wg.Go(func() {
+			out[i], errs[i] = encode(c.Codec, c.Level, raw)
+		})
+	}
+	wg.Wait()
+	for i := range out {
+		if errs[i] == nil {
+			errs[i] = timeDecode(&out[i], len(raw))
+		}
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+	}
+	bps := bandwidth * 1e6 / 8
+	for i := range out {
+		c := &out[i]
+		c.Seconds = max(c.Ratio/bps, 1/(c.Decode*float64(max(cores, 1)))) * 1e6
+	}
+	slices.SortStableFunc(out, func(a, b AutoChoice) int {
+		if a.Seconds != b.Seconds {
+			return cmpFloat(a.Seconds, b.Seconds)
+		}
+		return cmpFloat(a.Ratio, b.Ratio)
+	})
+	return out, nil
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// encode compresses raw once, timing it.
+func encode(c uint8, level int, raw []byte) (AutoChoice, error) {
+	t0 := time.Now()
+	comp, err := codec.Compress(c, level, nil, raw)
+	if err != nil {
+		return AutoChoice{}, err
+	}
+	size := float64(max(len(raw), 1))
+	return AutoChoice{Codec: c, Level: level, comp: comp, Ratio: float64(len(comp)) / size,
+		Encode: size / max(time.Since(t0).Seconds(), 1e-9)}, nil
+}
+
+// timeDecode decompresses a choice's segment until minTiming passed.
+func timeDecode(c *AutoChoice, rawLen int) error {
+	out := make([]byte, rawLen)
+	var n int
+	t0 := time.Now()
+	for n == 0 || time.Since(t0) < minTiming {
+		if _, err := codec.DecompressInto(c.Codec, out, c.comp, rawLen); err != nil {
+			return err
+		}
+		n++
+	}
+	c.Decode = float64(max(rawLen, 1)) * float64(n) / max(time.Since(t0).Seconds(), 1e-9)
+	return nil
+}
+
+// describePlan is what overlay-pack prints on stderr about its choice.
+func describePlan(plan []AutoChoice, bandwidth float64, segment, cores int) string {
+	var b strings.Builder
+	best := plan[0]
+	fmt.Fprintf(&b, "overlay-pack: --codec auto chose %s for %g Mbit/s: per MB of diff stream it sends %.3f MB in %.3f s (first segment, %d bytes; %d cores decode)\n",
+		best, bandwidth, best.Ratio, best.Seconds, segment, cores)
+	for _, c := range plan {
+		fmt.Fprintf(&b, "overlay-pack:   %-8s ratio %.3f  decode %7.1f MB/s/core  encode %6.1f MB/s/core  synthesis %.3f s/MB\n",
+			c, c.Ratio, c.Decode/1e6, c.Encode/1e6, c.Seconds)
+	}
+	return b.String()
+}
