@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return waitFor(ctx, info)
 	}
 
-	var baseDir, catalog string
+	var baseDir, catalog, memWrite string
 	var images cli.StringSlice
 	app := cliutil.NewApp("vm-resume", "resume a VM from a cloudlet stream, or launch one from an image",
 		"vm-resume [flags] [-- QEMU ARGS] < stream", description,
@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder for streams relative to a base (default: the catalog)", Destination: &baseDir}),
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
 			cliutil.Paths(&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images}),
+			&cli.StringFlag{Name: "mem-write", Usage: "how a diff stream's pages reach the guest: direct (into QEMU's RAM with process_vm_writev; the migration stream when not allowed) or migration (through QEMU's incoming migration, slower)", Value: resume.MemWriteDirect, Destination: &memWrite},
 			&cli.StringFlag{Name: "ports", Usage: "host ports of the stream's recorded forwards: recorded (a free one when taken, said on stderr), free (always free ones: many instances of one overlay), strict (refuse when taken)", Value: resume.PortsRecorded, EnvVars: []string{"CLOUDLET_PORTS"}, Destination: &o.Ports},
 		}, common...),
 		func(c *cli.Context) error {
@@ -104,7 +105,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if err := resume.CheckPortPolicy(o.Ports); err != nil {
 				return cliutil.Usagef("--ports: %v", err)
 			}
-			so := resume.StreamOptions{Options: o, BaseDir: baseDir, Catalog: catalog, Images: images.Value(), KitDirs: kits.Value()}
+			if memWrite != resume.MemWriteDirect && memWrite != resume.MemWriteMigration {
+				return cliutil.Usagef("--mem-write %q: want direct or migration", memWrite)
+			}
+			so := resume.StreamOptions{Options: o, BaseDir: baseDir, Catalog: catalog, Images: images.Value(), KitDirs: kits.Value(), MemWrite: memWrite}
 			for _, k := range kits.Value() {
 				so.Images = append(so.Images, filepath.Join(k, "rootfs.img"))
 			}

@@ -7,11 +7,17 @@ import (
 	"sync"
 	"time"
 
+	"cloudlet/format"
 	"cloudlet/lib/codec"
 )
 
+// AutoSample is how many segments --codec auto measures before it decides
+// (the first ones; a stream's first segment alone, the kernel's pages, can
+// compress far better than the rest).
+const AutoSample = 4
+
 // AutoChoice is one codec and level that --codec auto weighs, with what it
-// measured on the first segment.
+// measured on the first segments.
 type AutoChoice struct {
 	Codec uint8
 	Level int
@@ -23,7 +29,7 @@ type AutoChoice struct {
 	// (Ratio / bandwidth) and decoding it on the cloudlet's cores, since
 	// overlay-apply decodes segments while the next ones arrive.
 	Seconds float64
-	comp    []byte
+	comp    [][]byte // the sample's segments, compressed
 }
 
 func (c AutoChoice) String() string {
@@ -43,11 +49,11 @@ var AutoCandidates = []struct {
 // minTiming is how long planAuto repeats a decode to time it.
 const minTiming = 20 * time.Millisecond
 
-// planAuto compresses raw with every candidate at once, then times each
-// decoding alone, and returns the candidates best first: by the synthesis time
-// per raw byte at bandwidth Mbit/s with cores decoding in parallel, ties
-// going to the smaller overlay.
-func planAuto(raw []byte, bandwidth float64, cores int) ([]AutoChoice, error) {
+// planAuto compresses the sample segments with every candidate at once,
+// then times each decoding alone, and returns the candidates best first: by
+// the synthesis time per raw byte at bandwidth Mbit/s with cores decoding
+// in parallel, ties going to the smaller overlay.
+func planAuto(raw [][]byte, bandwidth float64, cores int) ([]AutoChoice, error) {
 	out := make([]AutoChoice, len(AutoCandidates))
 	errs := make([]error, len(AutoCandidates))
 	var wg sync.WaitGroup
@@ -59,7 +65,7 @@ func planAuto(raw []byte, bandwidth float64, cores int) ([]AutoChoice, error) {
 	wg.Wait()
 	for i := range out {
 		if errs[i] == nil {
-			errs[i] = timeDecode(&out[i], len(raw))
+			errs[i] = timeDecode(&out[i], raw)
 		}
 		if errs[i] != nil {
 			return nil, errs[i]
@@ -89,42 +95,50 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
-// encode compresses raw once, timing it.
-func encode(c uint8, level int, raw []byte) (AutoChoice, error) {
+// encode compresses the segments once, timing it.
+func encode(c uint8, level int, raw [][]byte) (AutoChoice, error) {
+	ch := AutoChoice{Codec: c, Level: level}
+	size, comp := 0, 0
 	t0 := time.Now()
-	comp, err := codec.Compress(c, level, nil, raw)
-	if err != nil {
-		return AutoChoice{}, err
+	for _, r := range raw {
+		b, err := codec.Compress(c, level, nil, r)
+		if err != nil {
+			return AutoChoice{}, err
+		}
+		ch.comp = append(ch.comp, b)
+		size, comp = size+len(r), comp+len(b)
 	}
-	size := float64(max(len(raw), 1))
-	return AutoChoice{Codec: c, Level: level, comp: comp, Ratio: float64(len(comp)) / size,
-		Encode: size / max(time.Since(t0).Seconds(), 1e-9)}, nil
+	ch.Ratio = float64(comp) / float64(max(size, 1))
+	ch.Encode = float64(size) / max(time.Since(t0).Seconds(), 1e-9)
+	return ch, nil
 }
 
-// timeDecode decompresses a choice's segment until minTiming passed.
-func timeDecode(c *AutoChoice, rawLen int) error {
-	out := make([]byte, rawLen)
-	var n int
+// timeDecode decompresses a choice's segments until minTiming passed.
+func timeDecode(c *AutoChoice, raw [][]byte) error {
+	out := make([]byte, format.MaxSegmentRaw)
+	size := 0
 	t0 := time.Now()
-	for n == 0 || time.Since(t0) < minTiming {
-		if _, err := codec.DecompressInto(c.Codec, out, c.comp, rawLen); err != nil {
-			return err
+	for size == 0 || time.Since(t0) < minTiming {
+		for i, r := range raw {
+			if _, err := codec.DecompressInto(c.Codec, out, c.comp[i], len(r)); err != nil {
+				return err
+			}
+			size += max(len(r), 1)
 		}
-		n++
 	}
-	c.Decode = float64(max(rawLen, 1)) * float64(n) / max(time.Since(t0).Seconds(), 1e-9)
+	c.Decode = float64(size) / max(time.Since(t0).Seconds(), 1e-9)
 	return nil
 }
 
 // describePlan is what overlay-pack prints on stderr about its choice.
-func describePlan(plan []AutoChoice, bandwidth float64, segment, cores int) string {
+func describePlan(plan []AutoChoice, bandwidth float64, segments, size, cores int) string {
 	var b strings.Builder
 	best := plan[0]
-	fmt.Fprintf(&b, "overlay-pack: --codec auto chose %s for %g Mbit/s: per MB of diff stream it sends %.3f MB in %.3f s (first segment, %d bytes; %d cores decode)\n",
-		best, bandwidth, best.Ratio, best.Seconds, segment, cores)
+	fmt.Fprintf(&b, "overlay-pack: --codec auto chose %s for %g Mbit/s: each MB of diff stream becomes %.3f MB, in %.2f ms at the cloudlet (measured on the first %d segments, %d bytes; %d cores decode)\n",
+		best, bandwidth, best.Ratio, best.Seconds*1e3, segments, size, cores)
 	for _, c := range plan {
-		fmt.Fprintf(&b, "overlay-pack:   %-8s ratio %.3f  decode %7.1f MB/s/core  encode %6.1f MB/s/core  synthesis %.3f s/MB\n",
-			c, c.Ratio, c.Decode/1e6, c.Encode/1e6, c.Seconds)
+		fmt.Fprintf(&b, "overlay-pack:   %-8s ratio %.3f  decode %7.1f MB/s/core  encode %6.1f MB/s/core  synthesis %7.2f ms/MB\n",
+			c, c.Ratio, c.Decode/1e6, c.Encode/1e6, c.Seconds*1e3)
 	}
 	return b.String()
 }

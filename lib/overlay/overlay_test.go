@@ -13,6 +13,7 @@ import (
 
 	"cloudlet/format"
 	"cloudlet/lib/cliutil"
+	"cloudlet/lib/codec"
 	"cloudlet/lib/delta"
 )
 
@@ -336,5 +337,37 @@ func TestPackRefusesFull(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "diff") {
 		t.Errorf("Pack of a full stream = %v; want an error asking for a diff stream", err)
+	}
+}
+
+// --codec auto sends the smallest overlay over a slow link and the fastest
+// to decode over a fast one.
+func TestAutoPicksByBandwidth(t *testing.T) {
+	var text []byte
+	for i := 0; len(text) < 2<<20; i++ {
+		text = fmt.Appendf(text, "line %d of a log file that compresses well, value=%d\n", i, i*i%977)
+	}
+	sample := [][]byte{text[:1<<20], text[1<<20:]}
+	slow, err := planAuto(sample, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slow[0].Codec != codec.XZ {
+		t.Errorf("at 1 Mbit/s auto chose %s; want xz, the smallest (plan %v)", slow[0], slow)
+	}
+	for _, c := range slow[1:] {
+		if c.Ratio < slow[0].Ratio {
+			t.Errorf("at 1 Mbit/s auto chose %s (ratio %.4f) over the smaller %s (%.4f)", slow[0], slow[0].Ratio, c, c.Ratio)
+		}
+	}
+	fast, err := planAuto(sample, 1e6, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fast[0].Codec != codec.Zstd {
+		t.Errorf("at 1 Tbit/s auto chose %s; want zstd, the fastest to decode (plan %v)", fast[0], fast)
+	}
+	if s := describePlan(fast, 1e6, 2, 2<<20, 2); !strings.Contains(s, "chose zstd") || strings.Count(s, "\n") != len(fast)+1 {
+		t.Errorf("describePlan = %q; want the choice and one line per candidate", s)
 	}
 }

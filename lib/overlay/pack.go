@@ -200,6 +200,11 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 	if err := flush(); err != nil {
 		return err
 	}
+	if p.codec == 0 && len(p.pending) > 0 {
+		if err := p.decide(); err != nil { // a stream shorter than the sample
+			return err
+		}
+	}
 	for len(p.pending) > 0 {
 		if err := p.writeOldest(); err != nil {
 			return err
@@ -225,15 +230,15 @@ func (p *packer) worker() {
 }
 
 // submit queues a segment for compression, first writing the oldest
-// segments while too many are in flight. The first segment decides
-// "auto".
+// segments while too many are in flight. Under "auto", the first
+// AutoSample segments wait until they decide.
 func (p *packer) submit(j *packJob) error {
 	if p.codec == 0 {
-		if err := p.decide(j); err != nil {
-			return err
-		}
 		p.pending = append(p.pending, j)
-		return nil
+		if len(p.pending) < AutoSample {
+			return nil
+		}
+		return p.decide()
 	}
 	for len(p.pending) >= cap(p.jobs) {
 		if err := p.writeOldest(); err != nil {
@@ -247,20 +252,28 @@ func (p *packer) submit(j *packJob) error {
 	return nil
 }
 
-// decide picks codec and level for "auto" (planAuto) from the first
-// segment and compresses it with the choice.
-func (p *packer) decide(j *packJob) error {
-	plan, err := planAuto(j.raw, p.o.Bandwidth, p.o.Workers)
+// decide picks codec and level for "auto" (planAuto) from the segments
+// waiting in pending, which it compresses with the choice.
+func (p *packer) decide() error {
+	raws := make([][]byte, len(p.pending))
+	size := 0
+	for i, j := range p.pending {
+		raws[i] = j.raw
+		size += len(j.raw)
+	}
+	plan, err := planAuto(raws, p.o.Bandwidth, p.o.Workers)
 	if err != nil {
 		return err
 	}
 	best := plan[0]
 	p.codec, p.o.Level = best.Codec, best.Level
 	if p.o.Log != nil {
-		fmt.Fprint(p.o.Log, describePlan(plan, p.o.Bandwidth, len(j.raw), p.o.Workers))
+		fmt.Fprint(p.o.Log, describePlan(plan, p.o.Bandwidth, len(raws), size, p.o.Workers))
 	}
-	j.codec, j.comp = best.Codec, best.comp
-	close(j.done)
+	for i, j := range p.pending {
+		j.codec, j.comp = best.Codec, best.comp[i]
+		close(j.done)
+	}
 	return nil
 }
 

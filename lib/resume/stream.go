@@ -21,7 +21,17 @@ type StreamOptions struct {
 	Catalog string   // catalog file
 	Images  []string // candidate disk images for full streams, matched by sha256
 	KitDirs []string // folders with vmlinuz and initrd.img, matched by sha256
+	// MemWrite is how a diff stream's pages reach the guest's RAM:
+	// MemWriteDirect (default: written into QEMU's RAM, lib/guestmem; the
+	// migration stream when this process may not) or MemWriteMigration.
+	MemWrite string
 }
+
+// Values of StreamOptions.MemWrite.
+const (
+	MemWriteDirect    = "direct"
+	MemWriteMigration = "migration"
+)
 
 // FromStream reads a full stream or a resolved diff stream and resumes the
 // VM it describes. The guest runs only after the stream's END verified.
@@ -102,14 +112,31 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 			return nil, err
 		}
 	}
-	sp := &spool{dir: dir, main: main, header: h, fileMem: h.Kind == format.KindFull && main == vm.MemBackendID}
+	sp := &pipeline{dir: dir, header: h}
+	if err := sp.open(); err != nil {
+		return nil, err
+	}
+	defer sp.close()
 	switch {
+	case b != nil && so.MemWrite == MemWriteMigration:
+		cfg.MemPath, cfg.MemShare = b.Path(base.MemFile), false
+		if sp.mem, err = newInjectSink(&sp.gate, dir, main); err != nil {
+			return nil, err
+		}
 	case b != nil:
 		cfg.MemPath, cfg.MemShare = b.Path(base.MemFile), false
-	case sp.fileMem:
-		cfg.MemPath, cfg.MemShare = sp.memPath(), true
+		sp.mem = &directSink{g: &sp.gate, dir: dir, main: main, memPath: cfg.MemPath,
+			size: int64(h.VM.MemSize), ready: make(chan struct{}), log: so.Log}
+	case h.Kind == format.KindFull && main == vm.MemBackendID:
+		cfg.MemPath, cfg.MemShare = filepath.Join(dir, vm.MemFileName), true
+		if sp.mem, err = newFileSink(&sp.gate, cfg.MemPath, int64(h.VM.MemSize)); err != nil {
+			return nil, err
+		}
 	case main == "pc.ram":
 		cfg.MemPlain = true // a VM started by hand: plain RAM, pages injected
+		if sp.mem, err = newInjectSink(&sp.gate, dir, main); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("the stream's main RAM block is %q; vm-resume knows %q (memory file) and \"pc.ram\" (plain RAM)", main, vm.MemBackendID)
 	}
@@ -118,11 +145,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		if err := disk.CreateTop(ctx, image, imageFormat, cfg.Disk); err != nil {
 			return nil, err
 		}
-		sp.top = cfg.Disk
-	}
-	defer sp.close()
-	if err := sp.open(); err != nil {
-		return nil, err
+		sp.disk = &diskSink{top: cfg.Disk}
 	}
 
 	// QEMU starts and takes the incoming migration while the stream is
@@ -150,7 +173,6 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	if err := res.c.Cont(ctx); err != nil {
 		return nil, err
 	}
-	sp.removeSpool()
 	in := res.in
 	info := infoFor(in, cfg)
 	info.Resumed, info.DiskImage = "full", image
