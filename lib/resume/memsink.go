@@ -58,7 +58,7 @@ func newFileSink(g *gate, path string, size int64) (*fileSink, error) {
 }
 
 func (s *fileSink) attach(*vm.Instance) error { return nil }
-func (s *fileSink) tick() error                { return nil }
+func (s *fileSink) tick() error               { return nil }
 func (s *fileSink) write(off uint64, data []byte) error {
 	_, err := s.f.WriteAt(data, int64(off))
 	return err
