@@ -15,15 +15,20 @@ import (
 )
 
 const description = `Reads an overlay (the output of overlay-pack) on stdin and writes, on stdout,
-the diff stream it holds with every COPY and DELTA resolved against the base,
-so vm-resume only sees DEVSTATE, MEM, MEM_ZERO, DISK and DISK_ZERO records.
-The base is the folder --base DIR (base.json, mem.ram, disk.img), or the one
---catalog FILE lists for the overlay's base ID; a base with another ID is
-refused.
+the diff stream it holds with every DELTA resolved against the base. COPY
+records (this range holds the same bytes as that range of the base or of
+what the stream already wrote) pass through as they are: vm-resume resolves
+them itself, from the base it maps and the memory and disk it wrote, so
+those bytes cross no pipe. --resolve-copies resolves them here too, for a
+consumer that wants only DEVSTATE, MEM, MEM_ZERO, DISK and DISK_ZERO
+records. The base is the folder --base DIR (base.json, mem.ram, disk.img),
+or the one --catalog FILE lists for the overlay's base ID; a base with
+another ID is refused.
 
-Segments are decompressed on all cores ahead of the writer. Data the overlay
-refers back to is kept in sparse scratch files in a private folder under
---tmpdir, removed at exit, so memory stays at a few segments per core.
+Segments are decompressed on all cores ahead of the writer. With
+--resolve-copies, data the overlay refers back to is kept in sparse scratch
+files under --tmpdir, removed at exit, so memory stays at a few segments
+per core.
 The output's END is written only after every segment check, the INDEX and
 the overlay's END (digest and sha256) verified; on any error the output
 ends in an ERROR record, so vm-resume never starts a guest from a corrupt
@@ -43,7 +48,7 @@ also refuses unsigned overlays, before reading past their HEADER. Without
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var dir, catalog string
 	var o overlay.ApplyOptions
-	var force, require bool
+	var force, require, resolve bool
 	var trusted string
 	app := cliutil.NewApp("overlay-apply", "resolve an overlay against its base into a diff stream",
 		"overlay-apply [--base DIR | --catalog FILE] [--trusted-keys DIR [--require-signature]] < app.overlay | vm-resume ...", description,
@@ -52,6 +57,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "JSON list of {\"name\", \"sha256\", \"path\"} to find the base by the overlay's base ID", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog}),
 			cliutil.Path(&cli.StringFlag{Name: "tmpdir", Usage: "where to put the scratch folder (default $TMPDIR)", Destination: &o.TempDir}),
 			&cli.IntFlag{Name: "workers", Usage: "decompression workers (default: all cores)", Destination: &o.Workers},
+			&cli.BoolFlag{Name: "resolve-copies", Usage: "resolve COPY records into data too (default: pass them to vm-resume, which resolves them itself)", Destination: &resolve},
 			cliutil.Path(&cli.StringFlag{Name: "trusted-keys", Usage: "folder of trusted public key files (*.pub from overlay-keygen); signed overlays must verify with one of them", EnvVars: []string{"CLOUDLET_TRUSTED_KEYS"}, Destination: &trusted}),
 			&cli.BoolFlag{Name: "require-signature", Usage: "refuse overlays not signed by a trusted key (needs --trusted-keys)", EnvVars: []string{"CLOUDLET_REQUIRE_SIGNATURE"}, Destination: &require},
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
@@ -66,6 +72,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if require && trusted == "" {
 				return cliutil.Usagef("--require-signature needs --trusted-keys DIR")
 			}
+			o.KeepCopies = !resolve
 			in := stdin
 			var v *overlay.Verifier
 			if trusted != "" {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,7 +56,8 @@ func setup(t *testing.T) (dir, catalog string, ov []byte) {
 func TestApply(t *testing.T) {
 	dir, catalog, ov := setup(t)
 	mem, _ := os.ReadFile(filepath.Join(dir, "mem.ram"))
-	for _, args := range [][]string{{"--base", dir}, {"--catalog", catalog}} {
+	for _, args := range [][]string{{"--base", dir}, {"--catalog", catalog}, {"--base", dir, "--resolve-copies"}} {
+		resolve := slices.Contains(args, "--resolve-copies")
 		pr, pw := io.Pipe()
 		var errb bytes.Buffer
 		go func() {
@@ -63,6 +65,7 @@ func TestApply(t *testing.T) {
 		}()
 		r := format.NewReader(pr)
 		var copied []byte
+		var kept []format.Copy
 		for {
 			rec, err := r.Next()
 			if err == io.EOF {
@@ -71,15 +74,22 @@ func TestApply(t *testing.T) {
 			if err != nil {
 				t.Fatalf("overlay-apply %v: %v (stderr %s)", args, err, errb.String())
 			}
-			if rec.Type == format.TypeCopy || rec.Type == format.TypeDelta {
+			if rec.Type == format.TypeDelta || (rec.Type == format.TypeCopy && resolve) {
 				t.Fatalf("overlay-apply %v left a %s record", args, rec.Type)
+			}
+			if c, err := rec.CopyRecord(); err == nil {
+				kept = append(kept, c)
 			}
 			if off, data, err := rec.DataRecord(); err == nil && off == 8192 {
 				copied = bytes.Clone(data)
 			}
 		}
-		if !bytes.Equal(copied, mem[12:12+4096]) {
+		want := []format.Copy{{Space: format.SpaceMem, Source: format.SourceBaseMem, Offset: 8192, SourceOffset: 12, Length: 4096}}
+		switch {
+		case resolve && !bytes.Equal(copied, mem[12:12+4096]):
 			t.Errorf("overlay-apply %v: COPY from base memory not resolved to the base's bytes", args)
+		case !resolve && (!slices.Equal(kept, want) || copied != nil):
+			t.Errorf("overlay-apply %v passed COPY records %+v and data %v at 8192; want the COPY %+v as it was", args, kept, copied != nil, want)
 		}
 	}
 }

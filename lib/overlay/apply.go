@@ -26,6 +26,11 @@ type ApplyOptions struct {
 	// Producer is appended to the header's producer list (default
 	// "overlay-apply").
 	Producer string
+	// KeepCopies passes COPY records through instead of resolving them to
+	// data: vm-resume resolves them from the base and from what the stream
+	// already wrote, so the data crosses no pipe and overlay-apply keeps
+	// no scratch copy of the stream. DELTA records are resolved either way.
+	KeepCopies bool
 }
 
 // chunk is the most Apply reads from a base or scratch file at once.
@@ -49,6 +54,7 @@ type applier struct {
 	w       *format.Writer
 	base    Base
 	whole   bool   // a base export: no COPY or DELTA, nothing to keep
+	copies  bool   // COPY records pass through: nothing to keep either
 	what    string // "overlay" or "base export", for messages
 	maker   string // the tool that writes it
 	val     *format.Validator
@@ -99,7 +105,7 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 	if err := w.WriteHeader(&out); err != nil {
 		return err
 	}
-	a := &applier{ctx: ctx, w: w, base: base, val: r.Validator().InSegment(), tmp: o.TempDir,
+	a := &applier{ctx: ctx, w: w, base: base, val: r.Validator().InSegment(), tmp: o.TempDir, copies: o.KeepCopies,
 		jobs: make(chan *applyJob, o.Workers+2), what: "overlay", maker: "overlay-pack"}
 	return a.run(r, o.Workers)
 }
@@ -304,11 +310,14 @@ func (a *applier) record(rec *format.Record) error {
 		if err := a.w.WriteRecord(rec); err != nil {
 			return err
 		}
-		if a.whole {
+		if a.whole || a.copies {
 			return nil
 		}
 		return a.keep(sp, off, data)
 	case format.TypeCopy:
+		if a.copies {
+			return a.w.WriteRecord(rec)
+		}
 		c, _ := rec.CopyRecord()
 		for done := uint64(0); done < c.Length; {
 			n := min(c.Length-done, chunk)
@@ -390,7 +399,7 @@ func (a *applier) put(space uint8, off uint64, p []byte) error {
 		default:
 			err = a.w.WriteDisk(off, p[:n])
 		}
-		if err == nil && !zero {
+		if err == nil && !zero && !a.copies {
 			err = a.keep(space, off, p[:n])
 		}
 		if err != nil {

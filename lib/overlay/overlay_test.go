@@ -182,14 +182,25 @@ func pack(t testing.TB, diff []byte, o PackOptions) []byte {
 }
 
 func apply(ov []byte, b Base, out io.Writer) error {
+	return applyWith(ov, b, out, ApplyOptions{})
+}
+
+func applyWith(ov []byte, b Base, out io.Writer, o ApplyOptions) error {
 	return cliutil.Filter("overlay-apply", bytes.NewReader(ov), out, func(r *format.Reader, w *format.Writer) error {
-		return Apply(context.Background(), r, w, func(string) (Base, error) { return b, nil }, ApplyOptions{})
+		return Apply(context.Background(), r, w, func(string) (Base, error) { return b, nil }, o)
 	})
 }
 
 // replay applies a resolved diff stream to copies of the base images. It
-// fails on any record type vm-resume would not accept.
+// fails on any record type vm-resume would not accept, and on COPY records
+// unless copies is set (overlay-apply's KeepCopies); it returns how many
+// COPY records it saw.
 func replay(t *testing.T, stream []byte, b *memBase) (mem, disk, dev []byte) {
+	mem, disk, dev, _ = replayCopies(t, stream, b, false)
+	return mem, disk, dev
+}
+
+func replayCopies(t *testing.T, stream []byte, b *memBase, copies bool) (mem, disk, dev []byte, ncopy int) {
 	t.Helper()
 	mem, disk = bytes.Clone(b.mem), bytes.Clone(b.disk)
 	r := format.NewReader(bytes.NewReader(stream))
@@ -203,7 +214,7 @@ func replay(t *testing.T, stream []byte, b *memBase) (mem, disk, dev []byte) {
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
-			return mem, disk, dev
+			return mem, disk, dev, ncopy
 		}
 		if err != nil {
 			t.Fatalf("reading the output: %v", err)
@@ -225,8 +236,21 @@ func replay(t *testing.T, stream []byte, b *memBase) (mem, disk, dev []byte) {
 				img = disk
 			}
 			clear(img[off : off+n])
+		case format.TypeCopy:
+			if !copies {
+				t.Fatalf("output carries a COPY record, but overlay-apply was to resolve copies")
+			}
+			c, _ := rec.CopyRecord()
+			src := map[uint8][]byte{format.SourceBaseMem: b.mem, format.SourceBaseDisk: b.disk,
+				format.SourceStreamMem: mem, format.SourceStreamDisk: disk}[c.Source]
+			dst := mem
+			if c.Space == format.SpaceDisk {
+				dst = disk
+			}
+			copy(dst[c.Offset:c.Offset+c.Length], src[c.SourceOffset:c.SourceOffset+c.Length])
+			ncopy++
 		default:
-			t.Fatalf("output carries a %s record; want only DEVSTATE, MEM, DISK and zero records", rec.Type)
+			t.Fatalf("output carries a %s record; want only DEVSTATE, MEM, DISK, zero and COPY records", rec.Type)
 		}
 	}
 }
@@ -249,6 +273,18 @@ func TestRoundTrip(t *testing.T) {
 			if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
 				t.Errorf("applied overlay differs from base+diff (mem %v, disk %v, devstate %v equal)",
 					bytes.Equal(mem, wd.mem), bytes.Equal(disk, wd.disk), bytes.Equal(dev, wd.devstate))
+			}
+			// Copies kept: the same state, with the COPY records passed on.
+			var kept bytes.Buffer
+			if err := applyWith(ov, wd.base, &kept, ApplyOptions{KeepCopies: true}); err != nil {
+				t.Fatalf("Apply with KeepCopies = %v", err)
+			}
+			mem, disk, dev, n := replayCopies(t, kept.Bytes(), wd.base, true)
+			if n == 0 || kept.Len() >= out.Len() {
+				t.Errorf("KeepCopies passed %d COPY records, output %d bytes vs %d resolved; want copies and a smaller stream", n, kept.Len(), out.Len())
+			}
+			if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+				t.Errorf("overlay applied with KeepCopies differs from base+diff")
 			}
 		})
 	}

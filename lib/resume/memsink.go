@@ -177,7 +177,3 @@ func (s *directSink) close() {
 		s.fallback.close()
 	}
 }
-
-// errNoRead is what read says where the stream's memory cannot be read
-// back.
-var errNoRead = fmt.Errorf("this stream copies from memory it wrote, which vm-resume cannot read back here; pipe it through overlay-apply --resolve-all")

@@ -3,6 +3,7 @@ package resume
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -51,10 +52,14 @@ func makeOverlay(t testing.TB, capt io.Reader, bdir, codec string) []byte {
 }
 
 func applyAndResume(ctx context.Context, ov []byte, bdir string, so StreamOptions) (string, error) {
+	return applyAndResumeWith(ctx, ov, bdir, so, overlay.ApplyOptions{KeepCopies: true})
+}
+
+func applyAndResumeWith(ctx context.Context, ov []byte, bdir string, so StreamOptions, ao overlay.ApplyOptions) (string, error) {
 	pr, pw := io.Pipe()
 	go func() {
 		err := cliutil.Filter("overlay-apply", bytes.NewReader(ov), pw, func(r *format.Reader, w *format.Writer) error {
-			return overlay.Apply(ctx, r, w, func(id string) (overlay.Base, error) { return base.Locate(bdir, "", id) }, overlay.ApplyOptions{})
+			return overlay.Apply(ctx, r, w, func(id string) (overlay.Base, error) { return base.Locate(bdir, "", id) }, ao)
 		})
 		pw.CloseWithError(err)
 	}()
@@ -68,8 +73,11 @@ func applyAndResume(ctx context.Context, ov []byte, bdir string, so StreamOption
 }
 
 // TestOverlayRoundTrip: capture -> diff -> pack -> apply -> resume on the
-// real guest, per codec; then damaged overlays and a wrong base fail before
-// any guest runs and leave the base unchanged and nothing behind.
+// real guest, per codec, with COPY records resolved by vm-resume (the
+// default) or by overlay-apply, and pages written into QEMU's RAM (the
+// default) or through the migration stream; then damaged overlays and a
+// wrong base fail before any guest runs and leave the base unchanged and
+// nothing behind.
 func TestOverlayRoundTrip(t *testing.T) {
 	kit := guesttest.Kit(t)
 	bdir := makeBase(t, kit)
@@ -94,19 +102,30 @@ func TestOverlayRoundTrip(t *testing.T) {
 	}
 	overlays := map[string][]byte{}
 	for _, codec := range []string{"zstd", "xz"} {
-		ov := makeOverlay(t, bytes.NewReader(full), bdir, codec)
-		overlays[codec] = ov
-		t.Logf("%s overlay: %d bytes (full capture %d bytes)", codec, len(ov), len(full))
+		overlays[codec] = makeOverlay(t, bytes.NewReader(full), bdir, codec)
+		t.Logf("%s overlay: %d bytes (full capture %d bytes)", codec, len(overlays[codec]), len(full))
+	}
+	for _, v := range []struct {
+		codec, memWrite string
+		keepCopies      bool
+	}{
+		{"zstd", MemWriteDirect, true},
+		{"xz", MemWriteDirect, false},
+		{"zstd", MemWriteMigration, true},
+	} {
+		name := fmt.Sprintf("%s, pages %s, copies kept %v", v.codec, v.memWrite, v.keepCopies)
 		port := guesttest.FreePort(t)
-		so.RunDir, so.Forwards = runDir(t, "o"+codec), []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}
-		run, err := applyAndResume(context.Background(), ov, bdir, so)
+		so.RunDir, so.Forwards = runDir(t, "o"+v.codec), []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}
+		so.MemWrite = v.memWrite
+		run, err := applyAndResumeWith(context.Background(), overlays[v.codec], bdir, so, overlay.ApplyOptions{KeepCopies: v.keepCopies})
 		if err != nil {
-			t.Fatalf("%s: %v", codec, err)
+			t.Fatalf("%s: %v", name, err)
 		}
 		ri, _ := readInfo(run)
 		check(t, attach(t, ri, false), 4, files, mem, before, port)
 		Stop(context.Background(), run)
 	}
+	so.MemWrite = ""
 
 	ov := overlays["zstd"]
 	flipped := bytes.Clone(ov)

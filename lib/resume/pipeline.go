@@ -31,8 +31,19 @@ type pipeline struct {
 	header *format.Header
 	dev    *devSpool
 	mem    memSink
-	disk   *diskSink // nil when the VM has no disk
+	disk   *diskSink  // nil when the VM has no disk
+	base   baseReader // nil for a full stream
+	buf    []byte     // for COPY
 }
+
+// baseReader reads a base's memory and disk images (lib/base.Base).
+type baseReader interface {
+	ReadMemAt(p []byte, off int64) (int, error)
+	ReadDiskAt(p []byte, off int64) (int, error)
+}
+
+// copyChunk is the most a COPY moves at once.
+const copyChunk = 1 << 20
 
 // open creates the device state spool; mem (and disk) are set by the
 // caller.
@@ -91,7 +102,7 @@ func (p *pipeline) read(ctx context.Context, r *format.Reader) error {
 		return err
 	}
 	if p.disk != nil {
-		return p.disk.done()
+		return p.disk.finish()
 	}
 	return nil
 }
@@ -116,10 +127,70 @@ func (p *pipeline) record(ctx context.Context, rec *format.Record) error {
 		}
 		off, n, _ := rec.ZeroRecord()
 		return p.disk.zero(ctx, off, n)
-	case format.TypeCopy, format.TypeDelta:
-		return fmt.Errorf("%s record: this stream still refers to its base; pipe it through overlay-apply, which resolves copies and deltas", rec.Type)
+	case format.TypeCopy:
+		return p.copy(ctx, rec)
+	case format.TypeDelta:
+		return fmt.Errorf("%s record: this stream still refers to its base; pipe it through overlay-apply, which resolves deltas", rec.Type)
 	}
 	return fmt.Errorf("unexpected %s record for vm-resume", rec.Type)
+}
+
+// copy resolves a COPY record (the validator checked its ranges): its
+// bytes come from the base or from what the stream already wrote, and go
+// where any other record's would.
+func (p *pipeline) copy(ctx context.Context, rec *format.Record) error {
+	c, err := rec.CopyRecord()
+	if err != nil {
+		return err
+	}
+	if (c.Source == format.SourceBaseMem || c.Source == format.SourceBaseDisk) && p.base == nil {
+		return fmt.Errorf("COPY from the base in a stream that has none")
+	}
+	if (c.Space == format.SpaceDisk || c.Source == format.SourceStreamDisk) && p.disk == nil {
+		return fmt.Errorf("COPY to or from the disk but the VM has no disk")
+	}
+	if p.buf == nil {
+		p.buf = make([]byte, copyChunk)
+	}
+	for done := uint64(0); done < c.Length; {
+		b := p.buf[:min(c.Length-done, copyChunk)]
+		from, to := c.SourceOffset+done, c.Offset+done
+		switch c.Source {
+		case format.SourceBaseMem:
+			err = readFull(p.base.ReadMemAt, b, from, "base memory")
+		case format.SourceBaseDisk:
+			err = readFull(p.base.ReadDiskAt, b, from, "base disk")
+		case format.SourceStreamMem:
+			err = p.mem.read(from, b)
+		case format.SourceStreamDisk:
+			err = p.disk.read(ctx, from, b)
+		default:
+			err = fmt.Errorf("COPY source %d", c.Source)
+		}
+		if err == nil {
+			if c.Space == format.SpaceMem {
+				err = p.mem.write(to, b)
+			} else {
+				err = p.disk.write(ctx, to, b)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("COPY of %d bytes from source %d at %d to space %d at %d: %w", len(b), c.Source, from, c.Space, to, err)
+		}
+		done += uint64(len(b))
+	}
+	return nil
+}
+
+func readFull(read func([]byte, int64) (int, error), b []byte, off uint64, what string) error {
+	n, err := read(b, int64(off))
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("reading %d bytes of the %s at %d: %w", len(b), what, off, err)
 }
 
 // finish tells the feeder that END verified and everything is written:

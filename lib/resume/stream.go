@@ -113,6 +113,9 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		}
 	}
 	sp := &pipeline{dir: dir, header: h}
+	if b != nil {
+		sp.base = b
+	}
 	if err := sp.open(); err != nil {
 		return nil, err
 	}
@@ -142,10 +145,9 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	if image != "" {
 		cfg.Disk = filepath.Join(dir, "disk.qcow2")
-		if err := disk.CreateTop(ctx, image, imageFormat, cfg.Disk); err != nil {
+		if sp.disk, err = newDiskSink(ctx, cfg.Disk, image, imageFormat, int64(h.VM.DiskSize)); err != nil {
 			return nil, err
 		}
-		sp.disk = &diskSink{top: cfg.Disk}
 	}
 
 	// QEMU starts and takes the incoming migration while the stream is
