@@ -54,6 +54,16 @@ echo "full capture: $(python3 -c "print('%.1f MB' % ($full/1e6))")  (zstd -19 an
 # The default (xor) diff stream packed by overlay-pack, beside the command-line
 # codecs at their strongest settings on the very same bytes.
 d=$work/diff.xor
-printf 'diff stream (xor): %s bytes; overlay-pack zstd-3 %s, zstd-19 %s, xz %s; xz -9 %s, zstd -19 %s\n' \
+# pieces FILE CMD...: the bytes of CMD (stdin to stdout) on FILE cut into 4 MiB
+# pieces, each compressed alone, as overlay-pack's segments are.
+pieces() {
+	local f=$1 n=0 p
+	shift
+	rm -rf "$work/pc" && mkdir "$work/pc" && split -b 4M -a 5 "$f" "$work/pc/p"
+	for p in "$work"/pc/p*; do n=$((n + $("$@" <"$p" | wc -c))); done
+	echo "$n"
+}
+printf 'diff stream (xor): %s bytes; overlay-pack zstd-3 %s, zstd-19 %s, xz %s (%s); whole stream: xz -9 %s, zstd -19 %s; 4 MiB pieces: xz -9 %s, zstd -19 %s\n' \
 	"$(stat -c %s "$d")" "$(overlay-pack --codec zstd <"$d" | wc -c)" "$(overlay-pack --codec zstd --level 19 <"$d" | wc -c)" \
-	"$(overlay-pack --codec xz <"$d" | wc -c)" "$(xz -9 -T0 -c "$d" | wc -c)" "$(zstd -19 -T0 -q -c "$d" | wc -c)"
+	"$(overlay-pack --codec xz <"$d" | wc -c)" "$(overlay-pack --codecs | sed -n 's/^xz.*: //p')" \
+	"$(xz -9 -T0 -c "$d" | wc -c)" "$(zstd -19 -T0 -q -c "$d" | wc -c)" "$(pieces "$d" xz -9 -c)" "$(pieces "$d" zstd -19 -q -c)"

@@ -41,7 +41,7 @@ section 6.1). overlay-apply --trusted-keys DIR checks it.
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var o overlay.PackOptions
-	var force bool
+	var force, list bool
 	var keyFile string
 	app := cliutil.NewApp("overlay-pack", "compress a diff stream into an overlay",
 		"overlay-pack [--codec zstd|xz|auto] [--level N] [--segment-size BYTES] [--sign KEYFILE] < diff > app.overlay", description,
@@ -53,10 +53,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			&cli.IntFlag{Name: "workers", Usage: "compression workers (default: all cores)", Destination: &o.Workers},
 			cliutil.Path(&cli.StringFlag{Name: "sign", Usage: "sign the overlay with this ed25519 private key file (from overlay-keygen)", EnvVars: []string{"CLOUDLET_SIGN_KEY"}, Destination: &keyFile}),
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
+			&cli.BoolFlag{Name: "codecs", Usage: "print the codecs, their levels and the implementation of each in this build on stdout, and exit", Destination: &list},
 		},
 		func(c *cli.Context) error {
 			if err := cliutil.NoArgs(c); err != nil {
 				return err
+			}
+			if list {
+				for _, cd := range []uint8{codec.Zstd, codec.XZ} {
+					lo, def, hi := codec.Levels(cd)
+					fmt.Fprintf(stdout, "%s levels %d-%d (default %d): %s\n", codec.Name(cd), lo, hi, def, codec.Impl(cd))
+				}
+				return nil
 			}
 			if o.SegmentSize < overlay.MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw {
 				return cliutil.Usagef("--segment-size %d: want %d-%d bytes", o.SegmentSize, overlay.MinSegmentSize, format.MaxSegmentRaw)

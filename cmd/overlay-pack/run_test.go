@@ -2,13 +2,14 @@ package main
 
 import (
 	"bytes"
-	"cloudlet/lib/cliutil"
 	"context"
 	"io"
 	"strings"
 	"testing"
 
 	"cloudlet/format"
+	"cloudlet/lib/cliutil"
+	"cloudlet/lib/codec"
 )
 
 func diffStream(t *testing.T) []byte {
@@ -88,5 +89,17 @@ func TestRefuseTerminal(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"overlay-pack", "--force"}, bytes.NewReader(diffStream(t)), tty, &errb); err != nil {
 		t.Errorf("overlay-pack --force to a terminal = %v; want success", err)
+	}
+}
+
+func TestCodecsList(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"overlay-pack", "--codecs"}, strings.NewReader(""), &out, &errb); err != nil {
+		t.Fatalf("--codecs = %v (stderr %s)", err, errb.String())
+	}
+	for _, want := range []string{"zstd levels 1-19 (default 3): ", "xz levels 1-9 (default 9): " + codec.Impl(codec.XZ)} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--codecs printed %q; want a line with %q", out.String(), want)
+		}
 	}
 }
