@@ -154,7 +154,8 @@ func TestPeakMemory(t *testing.T) {
 }
 
 var benchCodecs = []PackOptions{
-	{Codec: "zstd", Level: 1}, {Codec: "zstd", Level: 3}, {Codec: "zstd", Level: 9}, {Codec: "xz"},
+	{Codec: "zstd", Level: 1}, {Codec: "zstd", Level: 3}, {Codec: "zstd", Level: 9}, {Codec: "zstd", Level: 19},
+	{Codec: "xz", Level: 6}, {Codec: "xz", Level: 9},
 }
 
 func benchDiff(b *testing.B) []byte {
