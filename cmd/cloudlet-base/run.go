@@ -175,7 +175,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			Name: "export", Usage: "write a base as one stream (a base export) for cloudlet-base import", ArgsUsage: "DIR|NAME|ID",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "codec", Usage: "zstd or xz", Value: "zstd"},
-				&cli.IntFlag{Name: "level", Usage: "compression level 1-19", Value: 3},
+				&cli.IntFlag{Name: "level", Usage: "compression level: zstd 1-19 (default 3), xz 1-9 (default 9)"},
 				cliutil.ForceFlag,
 			},
 			Action: func(cc *cli.Context) error {

@@ -79,7 +79,6 @@ func Main(name string, run RunFunc) {
 	// A closed pipe downstream becomes an EPIPE write error, so the normal
 	// cleanup runs (temp files, QEMU) instead of a silent death by SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
-	growPipes(os.Stdin, os.Stdout)
 	stopProfile := startProfile(name)
 	err := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stopProfile()
@@ -88,26 +87,6 @@ func Main(name string, run RunFunc) {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 	}
 	os.Exit(ExitCode(err))
-}
-
-// PipeSize is the buffer Main asks the kernel for on a stdin or stdout
-// that is a pipe (Linux's default is 64 KiB; unprivileged processes may go
-// up to /proc/sys/fs/pipe-max-size, 1 MiB by default). Between two stages
-// that each move hundreds of MB, a 64 KiB pipe makes them take turns
-// instead of running at once: overlay-apply | vm-resume took 1.2 s with
-// it and 0.8 s with 1 MiB on the medium workload.
-const PipeSize = 1 << 20
-
-const fSetPipeSize = 1031 // F_SETPIPE_SZ, <linux/fcntl.h>; not in package syscall
-
-// growPipes enlarges the pipes among fs; failures are ignored (the pipe
-// keeps working, only slower).
-func growPipes(fs ...*os.File) {
-	for _, f := range fs {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeNamedPipe != 0 {
-			syscall.Syscall(syscall.SYS_FCNTL, f.Fd(), fSetPipeSize, PipeSize)
-		}
-	}
 }
 
 // ProfileEnv names a folder: when set, every tool writes a CPU profile of

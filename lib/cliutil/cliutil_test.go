@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"cloudlet/format"
@@ -70,5 +71,23 @@ func TestFilterInBandError(t *testing.T) {
 	}
 	if err == io.EOF {
 		t.Errorf("stream ended cleanly after a failure")
+	}
+}
+
+func TestProfile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(ProfileEnv, dir)
+	stop := startProfile("tool")
+	for i := 0; i < 1e6; i++ {
+		_ = fmt.Sprint(i)
+	}
+	stop()
+	if st, err := os.Stat(filepath.Join(dir, "tool.pprof")); err != nil || st.Size() == 0 {
+		t.Fatalf("%s=%s wrote no profile: %v", ProfileEnv, dir, err)
+	}
+	t.Setenv(ProfileEnv, "")
+	startProfile("other")()
+	if _, err := os.Stat(filepath.Join(dir, "other.pprof")); err == nil {
+		t.Fatal("a profile was written with the variable unset")
 	}
 }
