@@ -377,7 +377,7 @@ func TestPackRefusesFull(t *testing.T) {
 }
 
 // --codec auto sends the smallest overlay over a slow link and the fastest
-// to decode over a fast one.
+// to decode (zstd, whichever xz) over a fast one.
 func TestAutoPicksByBandwidth(t *testing.T) {
 	var text []byte
 	for i := 0; len(text) < 2<<20; i++ {
@@ -388,9 +388,8 @@ func TestAutoPicksByBandwidth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if slow[0].Codec != codec.XZ {
-		t.Errorf("at 1 Mbit/s auto chose %s; want xz, the smallest (plan %v)", slow[0], slow)
-	}
+	// The smallest: xz with liblzma; with the pure-Go encoder zstd can be
+	// smaller on text like this.
 	for _, c := range slow[1:] {
 		if c.Ratio < slow[0].Ratio {
 			t.Errorf("at 1 Mbit/s auto chose %s (ratio %.4f) over the smaller %s (%.4f)", slow[0], slow[0].Ratio, c, c.Ratio)
