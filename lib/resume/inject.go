@@ -3,6 +3,7 @@ package resume
 import (
 	"bufio"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -40,8 +41,9 @@ const spoolZero = 1
 // no ptrace access to QEMU). Pages read before the feeder wants any go to
 // a spool file, so a stream whose device state comes late (after memory)
 // cannot fill the channel while the feeder still waits for device state;
-// after that they go through a bounded channel. Every page also goes to a
-// sparse scratch file, from which read serves COPY records.
+// after that they go through a bounded channel. For a diff stream (keep),
+// every page also goes to a sparse scratch file, from which read serves
+// COPY records; a full stream has none, so its pages are not copied twice.
 type injectSink struct {
 	g       *gate
 	dir     string // run folder; "" for a temporary spool
@@ -57,7 +59,7 @@ type injectSink struct {
 	spoolDone bool // the page spool is flushed and complete (under g.mu)
 }
 
-func newInjectSink(g *gate, dir, main string) (*injectSink, error) {
+func newInjectSink(g *gate, dir, main string, keep bool) (*injectSink, error) {
 	s := &injectSink{g: g, dir: dir, main: main, ch: make(chan memChunk, chunksInFlight)}
 	var err error
 	if dir == "" {
@@ -68,11 +70,13 @@ func newInjectSink(g *gate, dir, main string) (*injectSink, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.scratch, err = os.CreateTemp(dir, "cloudlet-mem-scratch-"); err != nil {
-		s.close()
-		return nil, err
+	if keep {
+		if s.scratch, err = os.CreateTemp(dir, "cloudlet-mem-scratch-"); err != nil {
+			s.close()
+			return nil, err
+		}
+		os.Remove(s.scratch.Name()) // open until close, gone after
 	}
-	os.Remove(s.scratch.Name()) // open until close, gone after
 	s.spoolW = bufio.NewWriterSize(s.spool, 1<<20)
 	return s, nil
 }
@@ -111,8 +115,10 @@ func (s *injectSink) closeSpool() error {
 }
 
 func (s *injectSink) write(off uint64, data []byte) error {
-	if _, err := s.scratch.WriteAt(data, int64(off)); err != nil {
-		return err
+	if s.scratch != nil {
+		if _, err := s.scratch.WriteAt(data, int64(off)); err != nil {
+			return err
+		}
 	}
 	if s.toChan {
 		for len(data) > 0 {
@@ -155,6 +161,9 @@ func (s *injectSink) zero(off, n uint64) error {
 }
 
 func (s *injectSink) read(off uint64, p []byte) error {
+	if s.scratch == nil {
+		return fmt.Errorf("COPY from the stream's memory in a full stream, which vm-resume does not keep; make the stream with mem-diff")
+	}
 	_, err := s.scratch.ReadAt(p, int64(off))
 	if err == io.EOF {
 		clear(p) // past the scratch file's end: never written

@@ -99,7 +99,7 @@ func (s *directSink) attach(in *vm.Instance) error {
 	if s.log != nil {
 		fmt.Fprintf(s.log, "vm-resume: %v; injecting the pages through the migration stream instead (slower)\n", err)
 	}
-	s.fallback, err = newInjectSink(s.g, s.dir, s.main)
+	s.fallback, err = newInjectSink(s.g, s.dir, s.main, true)
 	if err != nil {
 		return err
 	}

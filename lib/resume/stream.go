@@ -123,7 +123,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	switch {
 	case b != nil && so.MemWrite == MemWriteMigration:
 		cfg.MemPath, cfg.MemShare = b.Path(base.MemFile), false
-		if sp.mem, err = newInjectSink(&sp.gate, dir, main); err != nil {
+		if sp.mem, err = newInjectSink(&sp.gate, dir, main, true); err != nil {
 			return nil, err
 		}
 	case b != nil:
@@ -137,7 +137,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		}
 	case main == "pc.ram":
 		cfg.MemPlain = true // a VM started by hand: plain RAM, pages injected
-		if sp.mem, err = newInjectSink(&sp.gate, dir, main); err != nil {
+		if sp.mem, err = newInjectSink(&sp.gate, dir, main, h.Kind != format.KindFull); err != nil {
 			return nil, err
 		}
 	default:
