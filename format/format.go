@@ -57,27 +57,32 @@ const (
 	TypeIndex     Type = 0x41
 	TypeSigner    Type = 0x42 // SPEC.md section 6.1
 	TypeSignature Type = 0x43
-	TypeFile      Type = 0x50
-	TypeError     Type = 0x7E
-	TypeEnd       Type = 0x7F
+	TypeManifest  Type = 0x44 // SPEC.md section 2.10
+	// TypeHeadSignature signs an overlay's head (SPEC.md section 6.1).
+	TypeHeadSignature Type = 0x45
+	TypeFile          Type = 0x50
+	TypeError         Type = 0x7E
+	TypeEnd           Type = 0x7F
 )
 
 var typeNames = map[Type]string{
-	TypeHeader:    "HEADER",
-	TypeDevState:  "DEVSTATE",
-	TypeMem:       "MEM",
-	TypeMemZero:   "MEM_ZERO",
-	TypeDisk:      "DISK",
-	TypeDiskZero:  "DISK_ZERO",
-	TypeCopy:      "COPY",
-	TypeDelta:     "DELTA",
-	TypeSegment:   "SEGMENT",
-	TypeIndex:     "INDEX",
-	TypeSigner:    "SIGNER",
-	TypeSignature: "SIGNATURE",
-	TypeFile:      "FILE",
-	TypeError:     "ERROR",
-	TypeEnd:       "END",
+	TypeHeader:        "HEADER",
+	TypeDevState:      "DEVSTATE",
+	TypeMem:           "MEM",
+	TypeMemZero:       "MEM_ZERO",
+	TypeDisk:          "DISK",
+	TypeDiskZero:      "DISK_ZERO",
+	TypeCopy:          "COPY",
+	TypeDelta:         "DELTA",
+	TypeSegment:       "SEGMENT",
+	TypeIndex:         "INDEX",
+	TypeSigner:        "SIGNER",
+	TypeSignature:     "SIGNATURE",
+	TypeManifest:      "MANIFEST",
+	TypeHeadSignature: "HEAD_SIGNATURE",
+	TypeFile:          "FILE",
+	TypeError:         "ERROR",
+	TypeEnd:           "END",
 }
 
 // String returns the SPEC.md name of t, or TYPE_0xNN for unknown types.
@@ -93,7 +98,7 @@ func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
 
 // DefaultFlags returns the flags the Writer sets for a known type.
 func (t Type) DefaultFlags() uint8 {
-	if t == TypeIndex || t == TypeSigner || t == TypeSignature || !t.Known() {
+	if t == TypeIndex || t == TypeSigner || t == TypeSignature || t == TypeManifest || t == TypeHeadSignature || !t.Known() {
 		return 0
 	}
 	return FlagCritical

@@ -12,17 +12,19 @@ type Validator struct {
 	mem, disk  *spans
 	files      map[string]uint64 // FILE name -> bytes so far
 	inSegments bool
+	promised   **[2]spans // the MANIFEST's memory and disk ranges (shared by views; nil: none)
+	started    *bool      // a record other than SIGNER or MANIFEST was seen
 }
 
 // NewValidator returns a Validator for a stream with header h.
 func NewValidator(h *Header) *Validator {
-	return &Validator{h: h, mem: &spans{}, disk: &spans{}, files: map[string]uint64{}}
+	return &Validator{h: h, mem: &spans{}, disk: &spans{}, files: map[string]uint64{}, promised: new(*[2]spans), started: new(bool)}
 }
 
 // InSegment returns a Validator view for records inside an overlay's
 // SEGMENT: the same coverage, but the rules of a diff stream body.
 func (v *Validator) InSegment() *Validator {
-	return &Validator{h: v.h, mem: v.mem, disk: v.disk, files: v.files, inSegments: true}
+	return &Validator{h: v.h, mem: v.mem, disk: v.disk, files: v.files, inSegments: true, promised: v.promised, started: v.started}
 }
 
 func (v *Validator) body() bool { return !Packed(v.h.Kind) || v.inSegments }
@@ -62,6 +64,9 @@ func (v *Validator) claim(sp uint8, off, length uint64) error {
 	if err := span(off, length, align, limit, name+" range"); err != nil {
 		return err
 	}
+	if err := v.checkPromised(sp, off, length); err != nil {
+		return err
+	}
 	if !set.add(off, off+length) {
 		return fmt.Errorf("%w: %s %d+%d", ErrOverlap, name, off, length)
 	}
@@ -71,6 +76,20 @@ func (v *Validator) claim(sp uint8, off, length uint64) error {
 // Check validates one record. It returns nil for unknown types (whether to
 // skip or refuse them is the consumer's choice, see CheckKnown).
 func (v *Validator) Check(r *Record) error {
+	switch r.Type {
+	case TypeManifest:
+		return v.manifest(r)
+	case TypeHeadSignature:
+		if !Packed(v.h.Kind) || v.inSegments || *v.promised == nil || *v.started {
+			return fmt.Errorf("%w: HEAD_SIGNATURE anywhere but right after an overlay's MANIFEST", ErrMalformed)
+		}
+		return nil
+	case TypeSigner:
+	default:
+		if r.Type.Known() {
+			*v.started = true
+		}
+	}
 	switch r.Type {
 	case TypeHeader:
 		return fmt.Errorf("%w: second HEADER", ErrMalformed)
@@ -173,6 +192,23 @@ func (v *Validator) Check(r *Record) error {
 		}
 		v.files[f.Name] = have + uint64(len(f.Data))
 	}
+	return nil
+}
+
+// manifest checks a MANIFEST's place (before every other record but
+// SIGNER, once) and content, and makes the later writes keep to it.
+func (v *Validator) manifest(r *Record) error {
+	if v.inSegments || *v.started {
+		return fmt.Errorf("%w: MANIFEST after the stream's records (it comes right after the HEADER, or the SIGNER)", ErrMalformed)
+	}
+	if *v.promised != nil {
+		return fmt.Errorf("%w: second MANIFEST", ErrMalformed)
+	}
+	m, err := r.ManifestRecord(v.h)
+	if err != nil {
+		return err
+	}
+	v.promise(m)
 	return nil
 }
 
