@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -44,6 +45,7 @@ type Image struct {
 	storeDir string  // where the store is made (Mount's StoreDir)
 	seen     spanSet // pages read through the mount
 	accesses []pageRun
+	seq      *atomic.Int64 // the mount's access counter (Mount sets it)
 
 	// storeMu guards store against its closing at Unmount: I/O on the
 	// store holds it shared.
@@ -297,8 +299,9 @@ func (im *Image) Accesses() []int64 {
 	return out
 }
 
-// pageRun is n pages from first, first read in this order.
-type pageRun struct{ first, n int64 }
+// pageRun is n pages from first, first read in this order; seq orders
+// runs across the images of one mount.
+type pageRun struct{ first, n, seq int64 }
 
 // noteAccess records the first reads of the pages of [off, end), as runs
 // (the kernel reads whole windows, so they are long).
@@ -309,7 +312,11 @@ func (im *Image) noteAccess(off, end int64) {
 			im.accesses[k].n += e - s
 			return
 		}
-		im.accesses = append(im.accesses, pageRun{s, e - s})
+		var seq int64
+		if im.seq != nil {
+			seq = im.seq.Add(1)
+		}
+		im.accesses = append(im.accesses, pageRun{s, e - s, seq})
 	})
 	im.seen.add(a, b)
 }
@@ -318,11 +325,13 @@ func (im *Image) noteAccess(off, end int64) {
 // image) once none of it is pending. It fails with EIO when the image
 // failed or is unmounted while it waits for pending data, and with EINTR
 // when ctx is done first.
-func (im *Image) readAt(ctx context.Context, dest []byte, off int64) syscall.Errno {
+func (im *Image) readAt(ctx context.Context, dest []byte, off int64, note bool) syscall.Errno {
 	end := off + int64(len(dest))
 	a, b := off/sectorSize, (end+sectorSize-1)/sectorSize
 	im.mu.Lock()
-	im.noteAccess(off, end)
+	if note {
+		im.noteAccess(off, end)
+	}
 	for im.pending.overlaps(a, b) {
 		if im.failed != nil || im.closed {
 			im.mu.Unlock()
@@ -374,6 +383,29 @@ func (im *Image) readAt(ctx context.Context, dest []byte, off int64) syscall.Err
 		}
 	}
 	return 0
+}
+
+// ReadAt reads what the image holds at [off, off+len(p)) for the process
+// that serves it (a COPY of data that arrived): the arrived data and the
+// base around it. It never waits: a range still pending is an error. It
+// uses pread only, so it is safe in the serving process (see the package
+// comment on faults).
+func (im *Image) ReadAt(p []byte, off int64) (int, error) {
+	end := off + int64(len(p))
+	if off < 0 || end > im.size || end < off {
+		return 0, fmt.Errorf("lazyfs: read %s [%d, +%d): outside the image (%d bytes)", im.name, off, len(p), im.size)
+	}
+	a, b := off/sectorSize, (end+sectorSize-1)/sectorSize
+	im.mu.Lock()
+	if im.pending.overlaps(a, b) {
+		im.mu.Unlock()
+		return 0, fmt.Errorf("lazyfs: read %s [%d, +%d): not arrived yet", im.name, off, len(p))
+	}
+	im.mu.Unlock()
+	if errno := im.readAt(context.Background(), p, off, false); errno != 0 {
+		return 0, fmt.Errorf("lazyfs: read %s [%d, +%d): %w", im.name, off, len(p), errno)
+	}
+	return len(p), nil
 }
 
 func (im *Image) readStore(buf []byte, off int64) error {

@@ -888,7 +888,7 @@ func TestInterrupt(t *testing.T) {
 	must(t, im.Expect(4*MiB, 4096))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if errno := im.readAt(ctx, make([]byte, 4096), 4*MiB); errno != syscall.EINTR {
+	if errno := im.readAt(ctx, make([]byte, 4096), 4*MiB, true); errno != syscall.EINTR {
 		t.Fatalf("interrupted read: %v, want EINTR", errno)
 	}
 
@@ -907,5 +907,40 @@ func TestInterrupt(t *testing.T) {
 	must(t, im.Fill(4*MiB, bytes.Repeat([]byte{0x5a}, 4096)))
 	if v := parseLoad(t, wait(t, ch, "touch of a filled page"), 4*MiB+1); v != 0x5a {
 		t.Fatal("mapped page differs from what was filled")
+	}
+}
+
+// TestServerAccesses: first reads of two images merge in the order they
+// happened; ReadAt (for the serving process) reads arrived data and the
+// base, refuses pending ranges, and is not counted as an access.
+func TestServerAccesses(t *testing.T) {
+	const size = 1 * MiB
+	baseData := randBytes(7, size)
+	a := NewImage("a", size, baseFile(t, baseData))
+	b := NewImage("b", size, nil)
+	must(t, a.Expect(64*1024, 4096))
+	srv, dir := mountT(t, []*Image{a, b}, Options{MaxReadAhead: 4096})
+	fa := openT(t, filepath.Join(dir, "a"), os.O_RDONLY)
+	fb := openT(t, filepath.Join(dir, "b"), os.O_RDONLY)
+	readNow(t, fb, 8192, 4096)
+	readNow(t, fa, 0, 4096)
+	readNow(t, fb, 0, 4096)
+
+	p := make([]byte, 8192)
+	if _, err := a.ReadAt(p, 60*1024); err == nil || !strings.Contains(err.Error(), "not arrived") {
+		t.Fatalf("ReadAt of a pending range: %v", err)
+	}
+	data := randBytes(8, 4096)
+	must(t, a.Fill(64*1024, data))
+	if _, err := a.ReadAt(p, 60*1024); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p[:4096], baseData[60*1024:64*1024]) || !bytes.Equal(p[4096:], data) {
+		t.Fatal("ReadAt: wrong bytes (want the base, then the arrived data)")
+	}
+	got := srv.Accesses()
+	want := []Access{{"b", 8192, 4096}, {"a", 0, 4096}, {"b", 0, 4096}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Accesses = %v, want %v (ReadAt must not count)", got, want)
 	}
 }

@@ -3,6 +3,7 @@ package lazyfs
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +58,8 @@ type Server struct {
 	images []*Image
 	srv    *fuse.Server
 	served chan struct{} // closed when Serve returned
+
+	seq atomic.Int64 // orders first reads across the images
 
 	mu          sync.Mutex
 	unmounted   bool
@@ -123,6 +127,11 @@ func Mount(dir string, images []*Image, o Options) (*Server, error) {
 
 	images = slices.Clone(images)
 	s := &Server{dir: dir, images: images, served: make(chan struct{})}
+	for _, im := range images {
+		im.mu.Lock()
+		im.seq = &s.seq
+		im.mu.Unlock()
+	}
 	mtime := time.Now()
 	timeout := attrTimeout
 	opts := &fs.Options{
@@ -159,6 +168,35 @@ func Mount(dir string, images []*Image, o Options) (*Server, error) {
 		return nil, fmt.Errorf("lazyfs: mount %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// Access is a run of pages of one image first read through the mount.
+type Access struct {
+	Image          string
+	Offset, Length int64 // bytes, multiples of 4096 (Length may end at the image's end)
+}
+
+// Accesses returns the first reads of every image of the mount, in the
+// order the kernel asked for them (Image.Accesses, merged across images).
+func (s *Server) Accesses() []Access {
+	type run struct {
+		pageRun
+		im *Image
+	}
+	var runs []run
+	for _, im := range s.images {
+		im.mu.Lock()
+		for _, r := range im.accesses {
+			runs = append(runs, run{r, im})
+		}
+		im.mu.Unlock()
+	}
+	slices.SortStableFunc(runs, func(a, b run) int { return cmp.Compare(a.seq, b.seq) })
+	out := make([]Access, 0, len(runs))
+	for _, r := range runs {
+		out = append(out, Access{Image: r.im.name, Offset: r.first * pageSize, Length: min(r.n*pageSize, r.im.size-r.first*pageSize)})
+	}
+	return out
 }
 
 // Unmount unmounts (fusermount -u, falling back to a lazy unmount when
@@ -444,7 +482,7 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 	if int64(len(dest)) > size-off {
 		dest = dest[:size-off]
 	}
-	if errno := n.im.readAt(ctx, dest, off); errno != 0 {
+	if errno := n.im.readAt(ctx, dest, off, true); errno != 0 {
 		return nil, errno
 	}
 	return fuse.ReadResultData(dest), 0
