@@ -37,6 +37,9 @@ type Summary struct {
 	Accel     string    `json:"accel"`
 	BaseID    string    `json:"base_id,omitempty"`
 	Resumed   string    `json:"resumed_from,omitempty"` // "image", "full" or "base"
+	// Server is the process that serves an early-started VM's memory
+	// and disk (vm-resume --early-start); the VM dies with it.
+	Server int `json:"server_pid,omitempty"`
 	// Timings in seconds, for the curious and for benchmarks.
 	Timings map[string]float64 `json:"timings,omitempty"`
 }
@@ -52,6 +55,7 @@ type Info struct {
 	DiskImage  string        `json:"disk_image,omitempty"` // what DiskTop is layered on
 	KernelPath string        `json:"kernel_path,omitempty"`
 	InitrdPath string        `json:"initrd_path,omitempty"`
+	Mount      string        `json:"mount,omitempty"` // the lazyfs mount of an early-started VM
 }
 
 // Write stores info as dir/instance.json.

@@ -40,7 +40,8 @@ func (d *devSpool) add(b []byte) error {
 func (d *devSpool) close() { d.f.Close() }
 
 // tail reads the spool as add appends to it. At the end of what has
-// arrived it waits; it reports io.EOF only after the gate's end.
+// arrived it waits; it reports io.EOF only after the gate's end (or, for
+// early start, the end of the device state).
 func (d *devSpool) tail() (io.ReadCloser, error) {
 	f, err := os.Open(d.f.Name())
 	if err != nil {
@@ -58,10 +59,10 @@ type devTail struct {
 func (t *devTail) Read(p []byte) (int, error) {
 	g := t.d.g
 	g.mu.Lock()
-	for t.pos >= t.d.n && !g.ended && g.err == nil {
+	for t.pos >= t.d.n && !g.ended && !g.devEnded && g.err == nil {
 		g.cond.Wait()
 	}
-	avail, ended, err := t.d.n-t.pos, g.ended, g.err
+	avail, ended, err := t.d.n-t.pos, g.ended || g.devEnded, g.err
 	g.mu.Unlock()
 	if err != nil {
 		return 0, errAborted

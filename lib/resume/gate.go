@@ -20,6 +20,7 @@ type gate struct {
 	quit        chan struct{} // closed by abort
 	quitOnce    sync.Once
 	ended       bool  // END verified and everything written
+	devEnded    bool  // the device state is complete (early start: at the first other record)
 	err         error // why the stream was abandoned (the first cause)
 	errFromFeed bool  // err came from the feeder
 }
@@ -78,4 +79,13 @@ func (g *gate) waitEnd() error {
 		return errAborted
 	}
 	return nil
+}
+
+// endDev marks the device state complete: the feeder's tail ends there
+// instead of at END (early start).
+func (g *gate) endDev() {
+	g.mu.Lock()
+	g.devEnded = true
+	g.cond.Broadcast()
+	g.mu.Unlock()
 }

@@ -31,9 +31,23 @@ type pipeline struct {
 	header *format.Header
 	dev    *devSpool
 	mem    memSink
-	disk   *diskSink  // nil when the VM has no disk
+	disk   diskWriter // nil when the VM has no disk
 	base   baseReader // nil for a full stream
 	buf    []byte     // for COPY
+	// early: the guest runs before the stream ends, so the device state
+	// ends at the first other record (early.go).
+	early bool
+	data  bool // a record other than DEVSTATE was read
+}
+
+// diskWriter is where the stream's disk records go: the qcow2 top layer
+// (diskSink), or the image served on demand (lazyDisk, early start).
+type diskWriter interface {
+	write(ctx context.Context, off uint64, data []byte) error
+	zero(ctx context.Context, off, n uint64) error
+	read(ctx context.Context, off uint64, p []byte) error // what was written (for a COPY)
+	finish() error                                        // after END verified
+	close()
 }
 
 // baseReader reads a base's memory and disk images (lib/base.Base).
@@ -108,8 +122,15 @@ func (p *pipeline) read(ctx context.Context, r *format.Reader) error {
 }
 
 func (p *pipeline) record(ctx context.Context, rec *format.Record) error {
+	if p.early && rec.Type != format.TypeDevState && !p.data {
+		p.data = true
+		p.endDev()
+	}
 	switch rec.Type {
 	case format.TypeDevState:
+		if p.data && p.early {
+			return fmt.Errorf("DEVSTATE after memory or disk records: the guest started already; early start needs the device state first (as vm-capture writes it)")
+		}
 		return p.dev.add(rec.Payload)
 	case format.TypeMem:
 		off, data, _ := rec.DataRecord()
@@ -129,6 +150,8 @@ func (p *pipeline) record(ctx context.Context, rec *format.Record) error {
 		return p.disk.zero(ctx, off, n)
 	case format.TypeCopy:
 		return p.copy(ctx, rec)
+	case format.TypeManifest:
+		return nil // the validator holds the stream to it; early start reads it first
 	case format.TypeDelta:
 		return fmt.Errorf("%s record: this stream still refers to its base; pipe it through overlay-apply, which resolves deltas", rec.Type)
 	}

@@ -16,6 +16,7 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/disk"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/qmpctl"
 	"cloudlet/lib/vm"
 )
@@ -88,6 +89,7 @@ func newRunDir(opt *Options) (string, error) {
 type cleanup struct {
 	dir  string
 	inst *vm.Instance
+	srv  *lazyfs.Server // early start: the served images, unmounted after QEMU died
 	done bool
 }
 
@@ -98,6 +100,9 @@ func (c *cleanup) run() {
 	if c.inst != nil {
 		c.inst.Kill()
 		c.inst.Wait()
+	}
+	if c.srv != nil {
+		c.srv.Unmount()
 	}
 	if c.dir != "" {
 		os.RemoveAll(c.dir)
@@ -129,6 +134,16 @@ func Stop(ctx context.Context, runDir string) error {
 		}
 		for i := 0; i < 100 && vm.Alive(info.Pid); i++ {
 			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if info.Server > 0 {
+		// Early start: the server unmounts and removes the folder once
+		// QEMU is gone; a dead one left its mount for us.
+		for i := 0; i < 150 && vm.Alive(info.Server); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := lazyfs.Cleanup(filepath.Join(runDir, LazyDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	}
 	return os.RemoveAll(runDir)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"cloudlet/lib/instance"
+	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/vm"
 )
 
@@ -34,6 +35,9 @@ func releaseRunDir(dir string) { os.Remove(filepath.Join(dir, OwnerFile)) }
 // isStale reports whether dir is a half-made run folder whose vm-resume is
 // gone.
 func isStale(dir string) bool {
+	if pid, err := vm.ReadPid(filepath.Join(dir, ServerFile)); err == nil {
+		return !vm.Alive(pid) // early start: the VM cannot outlive its server
+	}
 	if _, err := os.Stat(filepath.Join(dir, instance.FileName)); err == nil {
 		return false
 	}
@@ -42,8 +46,9 @@ func isStale(dir string) bool {
 }
 
 // removeStale kills the QEMU a stale run folder may still hold (only if its
-// command line names the folder, so a recycled pid is left alone) and
-// removes the folder.
+// command line names the folder, so a recycled pid is left alone),
+// unmounts what a killed early-start server left mounted, and removes the
+// folder.
 func removeStale(dir string) error {
 	if pid, err := vm.ReadPid(filepath.Join(dir, vm.PidFileName)); err == nil && vm.Alive(pid) {
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -53,6 +58,9 @@ func removeStale(dir string) error {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
+	}
+	if err := lazyfs.Cleanup(filepath.Join(dir, LazyDir)); err != nil {
+		return err
 	}
 	return os.RemoveAll(dir)
 }

@@ -33,15 +33,46 @@ const (
 	MemWriteMigration = "migration"
 )
 
-// FromStream reads a full stream or a resolved diff stream and resumes the
-// VM it describes. The guest runs only after the stream's END verified.
-func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*instance.Info, error) {
-	start := time.Now()
+// streamSetup is what both engines (FromStream, FromStreamEarly) need
+// before QEMU starts: the header, the base, the run folder and the VM's
+// configuration.
+type streamSetup struct {
+	start              time.Time
+	h                  *format.Header
+	b                  *base.Base // nil for a full stream
+	dir                string
+	cl                 *cleanup
+	cfg                vm.Config
+	main               string // the main RAM block's id
+	image, imageFormat string // what the disk is relative to ("" without a disk)
+}
+
+// close releases the base and undoes the run folder unless the caller
+// marked it done.
+func (s *streamSetup) close() {
+	if s.cl != nil {
+		s.cl.run()
+	}
+	if s.b != nil {
+		s.b.Close()
+	}
+}
+
+// prepareStream reads the header, finds the base and the boot files,
+// claims a run folder and fills in the VM's configuration (memory and disk
+// are the engine's).
+func prepareStream(r *format.Reader, so *StreamOptions) (s *streamSetup, err error) {
+	s = &streamSetup{start: time.Now()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
 	h, err := r.Header()
 	if err != nil {
 		return nil, err
 	}
-	var b *base.Base
+	s.h = h
 	switch h.Kind {
 	case format.KindOverlay:
 		return nil, fmt.Errorf("input is a packed overlay: pipe it through overlay-apply first (overlay-apply --base B < app.overlay | vm-resume --base B)")
@@ -49,25 +80,23 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		if !h.MemRelative {
 			return nil, fmt.Errorf("the stream's memory is not relative to the base: pipe it through mem-diff")
 		}
-		if b, err = base.Locate(so.BaseDir, so.Catalog, h.BaseID); err != nil {
+		if s.b, err = base.Locate(so.BaseDir, so.Catalog, h.BaseID); err != nil {
 			return nil, err
 		}
-		defer b.Close()
-		if b.Meta.VM.MemSize != h.VM.MemSize || b.Meta.DiskSHA != h.VM.DiskBase {
+		if s.b.Meta.VM.MemSize != h.VM.MemSize || s.b.Meta.DiskSHA != h.VM.DiskBase {
 			return nil, fmt.Errorf("base %s does not match the stream's VM (RAM %d vs %d bytes, disk %s vs %s)",
-				b.ID(), b.Meta.VM.MemSize, h.VM.MemSize, b.Meta.DiskSHA, h.VM.DiskBase)
+				s.b.ID(), s.b.Meta.VM.MemSize, h.VM.MemSize, s.b.Meta.DiskSHA, h.VM.DiskBase)
 		}
 	}
-	main := mainBlock(h.VM)
+	b := s.b
+	s.main = mainBlock(h.VM)
 	dir, err := newRunDir(&so.Options)
 	if err != nil {
 		return nil, err
 	}
-	cl := &cleanup{dir: dir}
-	defer cl.run()
+	s.dir, s.cl = dir, &cleanup{dir: dir}
 
 	// Where the pieces come from.
-	var kernel, initrd, image, imageFormat string
 	searchDirs := so.KitDirs
 	if b != nil {
 		searchDirs = append([]string{b.Dir}, searchDirs...)
@@ -79,14 +108,13 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 			return nil, err
 		}
 	}
-	kernel, initrd = files[base.KernelFile], files[base.InitrdFile]
 	if h.VM.DiskSize > 0 {
 		if b != nil {
-			image, imageFormat = b.Path(base.DiskFile), disk.FormatRaw // a base's disk is raw
-		} else if image, err = findImage(h.VM.DiskBase, so.Images); err != nil {
+			s.image, s.imageFormat = b.Path(base.DiskFile), disk.FormatRaw // a base's disk is raw
+		} else if s.image, err = findImage(h.VM.DiskBase, so.Images); err != nil {
 			return nil, err
 		} else {
-			imageFormat = h.VM.DiskFormat
+			s.imageFormat = h.VM.DiskFormat
 		}
 	}
 
@@ -97,9 +125,9 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	if forwards, err = placeForwards(forwards, recorded, so.Ports, so.Log); err != nil {
 		return nil, err
 	}
-	cfg := vm.Config{
+	s.cfg = vm.Config{
 		Name: so.Name, RunDir: dir, MemMiB: int(h.VM.MemSize >> 20), Machine: h.VM.Machine, CPU: h.VM.CPU,
-		Kernel: kernel, Initrd: initrd, Append: h.VM.Append,
+		Kernel: files[base.KernelFile], Initrd: files[base.InitrdFile], Append: h.VM.Append,
 		Forwards: forwards, Net: true, Incoming: true, VNC: so.VNC, Accel: so.Accel, ExtraArgs: so.ExtraArgs,
 		VMGenID: h.VM.VMGenID,
 	}
@@ -108,10 +136,23 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	if h.VM.Firmware == format.FirmwareUEFI {
 		fw := firmware{code: files[base.FirmwareCodeFile], varsTemplate: files[base.FirmwareVarsFile]}
-		if err := fw.configure(&cfg); err != nil {
+		if err := fw.configure(&s.cfg); err != nil {
 			return nil, err
 		}
 	}
+	return s, nil
+}
+
+// FromStream reads a full stream or a resolved diff stream and resumes the
+// VM it describes. The guest runs only after the stream's END verified.
+func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*instance.Info, error) {
+	s, err := prepareStream(r, &so)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	start, h, b, dir, cl, main, image := s.start, s.h, s.b, s.dir, s.cl, s.main, s.image
+	cfg := s.cfg
 	sp := &pipeline{dir: dir, header: h}
 	if b != nil {
 		sp.base = b
@@ -145,9 +186,11 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	}
 	if image != "" {
 		cfg.Disk = filepath.Join(dir, "disk.qcow2")
-		if sp.disk, err = newDiskSink(ctx, cfg.Disk, image, imageFormat, int64(h.VM.DiskSize)); err != nil {
+		d, err := newDiskSink(ctx, cfg.Disk, image, s.imageFormat, int64(h.VM.DiskSize))
+		if err != nil {
 			return nil, err
 		}
+		sp.disk = d
 	}
 
 	// QEMU starts and takes the incoming migration while the stream is

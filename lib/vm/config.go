@@ -119,6 +119,11 @@ type Config struct {
 	// with MemShare false: it punches holes in the (base) memory file.
 	FreePageReporting bool
 
+	// DieWithParent kills QEMU (SIGKILL) when the process that started it
+	// dies: for a VM whose memory or disk that process serves (early
+	// start), which must not outlive it.
+	DieWithParent bool
+
 	Binary    string   // QEMU binary; default qemu-system-x86_64
 	ExtraArgs []string // the user's own args, appended verbatim (command line only)
 }
