@@ -174,6 +174,9 @@ type End struct {
 // Index is the INDEX record of an overlay (SPEC.md section 2.6).
 type Index struct {
 	Segments []SegmentInfo `msgpack:"segments" json:"segments"`
+	// Order is how overlay-pack ordered the records: OrderOffset or
+	// OrderAccess (empty in overlays from before it said).
+	Order string `msgpack:"order,omitempty" json:"order,omitempty"`
 }
 
 // SegmentInfo describes one SEGMENT of an overlay.

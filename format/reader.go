@@ -49,9 +49,16 @@ func NewReader(r io.Reader) *Reader {
 // END), validating them with v (from Validator.InSegment). Next returns
 // io.EOF at the end of b.
 func NewBodyReader(b []byte, v *Validator) *Reader {
-	r := NewReader(bytes.NewReader(b))
-	r.body, r.val, r.hdr = true, v, v.h
-	return r
+	return NewBodyStreamReader(bytes.NewReader(b), v)
+}
+
+// NewBodyStreamReader is NewBodyReader for frames read from r (no
+// preamble, HEADER or END): Next returns io.EOF where r ends between two
+// frames.
+func NewBodyStreamReader(r io.Reader, v *Validator) *Reader {
+	rd := NewReader(r)
+	rd.body, rd.val, rd.hdr = true, v, v.h
+	return rd
 }
 
 // HashSHA256 makes the Reader check END's sha256 field when it is present
