@@ -34,12 +34,22 @@ the overlay's END (digest and sha256) verified; on any error the output
 ends in an ERROR record, so vm-resume never starts a guest from a corrupt
 overlay.
 
+An overlay that starts with a MANIFEST (overlay-pack writes one unless
+--no-manifest) has each SEGMENT checked against it (size and sha256) before
+it is decompressed, and the output starts with a MANIFEST too: every memory
+and disk range the stream will write, which vm-resume needs to start the
+guest early.
+
 --trusted-keys DIR checks signatures (overlay-pack --sign): every *.pub file
 in DIR (from overlay-keygen) is a trusted key. A signed overlay whose signer
-is not trusted is refused before its HEADER is used; a signature that does
-not verify, a stripped, moved or duplicated signature are refused before the
-output's END, so vm-resume never starts that guest. --require-signature
-also refuses unsigned overlays, before reading past their HEADER. Without
+is not trusted is refused before its HEADER is used; its HEAD_SIGNATURE is
+checked as soon as it is read, before any segment is decompressed, and the
+output MANIFEST then names the key; a signature that does not verify, a
+stripped, moved or duplicated signature are refused before the output's
+END, so vm-resume never starts that guest. --require-signature also
+refuses unsigned overlays, before reading past their HEADER, and writes no
+output MANIFEST for an overlay whose head is not signed (from an older
+overlay-pack), so that nothing unsigned is started early. Without
 --trusted-keys, signatures are not checked.
 
    ssh cloudlet overlay-apply --catalog /var/lib/cloudlet/bases.json \
@@ -97,6 +107,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				opened = append(opened, b)
 				return b, nil
 			}
+			o.Verifier = v
 			return cliutil.Filter("overlay-apply", in, stdout, func(r *format.Reader, w *format.Writer) error {
 				err := overlay.Apply(c.Context, r, w, open, o)
 				if v == nil {
@@ -112,7 +123,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 				if k := v.Signer(); k != nil {
-					fmt.Fprintf(stderr, "overlay-apply: signature by key %s (%s) verified\n", k.ID, k.File)
+					head := ", head included"
+					if v.HeadSigner() == "" {
+						head = "; its head is not signed (an older overlay-pack?)"
+						if require {
+							head += ", so the output has no MANIFEST and cannot start early"
+						}
+					}
+					fmt.Fprintf(stderr, "overlay-apply: signature by key %s (%s) verified%s\n", k.ID, k.File, head)
 				}
 				return nil
 			})

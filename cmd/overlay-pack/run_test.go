@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"cloudlet/format"
 	"cloudlet/lib/cliutil"
@@ -101,5 +106,155 @@ func TestCodecsList(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--codecs printed %q; want a line with %q", out.String(), want)
 		}
+	}
+}
+
+// recordTypes returns the types of an overlay's records after the HEADER.
+func recordTypes(t *testing.T, ov []byte) []string {
+	t.Helper()
+	r := format.NewReader(bytes.NewReader(ov))
+	var types []string
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return types
+		}
+		if err != nil {
+			t.Fatalf("reading the overlay: %v", err)
+		}
+		types = append(types, rec.Type.String())
+	}
+}
+
+func writeLog(t *testing.T, l *format.AccessLog) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "access.json")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := format.WriteAccessLog(f, l); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestOrderFlags(t *testing.T) {
+	touch := writeLog(t, &format.AccessLog{Accesses: []format.Access{{Space: format.AccessMem, Offset: 65536, Length: 4096}}})
+	none := writeLog(t, &format.AccessLog{Accesses: []format.Access{{Space: format.AccessDisk, Offset: 0, Length: 4096}}})
+	outside := writeLog(t, &format.AccessLog{Accesses: []format.Access{{Space: format.AccessMem, Offset: 0, Length: 4096}, {Space: format.AccessMem, Offset: 1 << 20, Length: 4096}}})
+	for _, tc := range []struct {
+		args  []string
+		usage bool
+		want  string // in the error, or on stderr when it succeeds
+	}{
+		{[]string{"--order", "access"}, true, "--access-log"},
+		{[]string{"--access-log", touch}, true, "--order offset"},
+		{[]string{"--order", "offset", "--access-log", touch}, true, "--order offset"},
+		{[]string{"--early-segment-size", "131072"}, true, "--order offset"},
+		{[]string{"--order", "random"}, true, "random"},
+		{[]string{"--order", "access", "--access-log", touch, "--early-segment-size", "100"}, true, "--early-segment-size"},
+		{[]string{"--order", "access", "--access-log", touch + ".missing"}, false, "access log"},
+		{[]string{"--order", "access", "--access-log", outside}, false, "access log " + outside + ": access 1 (mem 1048576+4096) lies outside"},
+		{[]string{"--order", "access", "--access-log", none}, false, "packing in offset order"},
+		{[]string{"--order", "access", "--access-log", touch, "--early-segment-size", "65536"}, false, ""},
+	} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), append([]string{"overlay-pack"}, tc.args...), bytes.NewReader(diffStream(t)), &out, &errb)
+		switch {
+		case tc.usage && cliutil.ExitCode(err) != cliutil.ExitUsage:
+			t.Errorf("%v = %v (exit %d); want a usage error", tc.args, err, cliutil.ExitCode(err))
+		case tc.usage && out.Len() != 0:
+			t.Errorf("%v wrote %d bytes on stdout; want none", tc.args, out.Len())
+		case tc.want != "" && strings.HasPrefix(tc.want, "packing"):
+			if err != nil || !strings.Contains(errb.String(), tc.want) || !strings.Contains(errb.String(), none) {
+				t.Errorf("%v = %v, stderr %q; want success and a note naming the log", tc.args, err, errb.String())
+			}
+			continue
+		case tc.want == "":
+			if err != nil {
+				t.Errorf("%v = %v; want success", tc.args, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v = %v; want an error with %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestManifestOrStreaming: by default nothing comes out before the input
+// ended (the segments wait for the MANIFEST); with --no-manifest segments
+// come out while the input still arrives. Both overlays hold the same
+// records.
+func TestManifestOrStreaming(t *testing.T) {
+	tmp := t.TempDir()
+	types := map[bool]string{}
+	wait := 5 * time.Second // for the first output with --no-manifest
+	for _, noManifest := range []bool{true, false} {
+		args := []string{"overlay-pack", "--segment-size", "65536", "--workers", "1", "--tmpdir", tmp}
+		if noManifest {
+			args = append(args, "--no-manifest")
+		}
+		inR, inW := io.Pipe()
+		outR, outW := io.Pipe()
+		var errb bytes.Buffer
+		done := make(chan error, 1)
+		go func() {
+			err := run(context.Background(), args, inR, outW, &errb)
+			outW.CloseWithError(err)
+			done <- err
+		}()
+		var got atomic.Int64
+		var ov bytes.Buffer
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := outR.Read(buf)
+				ov.Write(buf[:n])
+				got.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+		w := format.NewWriter(inW)
+		w.WriteHeader(&format.Header{Kind: format.KindDiff, BaseID: strings.Repeat("ab", 32), Producer: []string{"test"},
+			VM: format.VMDesc{Machine: "pc", CPU: "qemu64", MemSize: 4 << 20, DiskSize: 1 << 20}})
+		rnd := rand.New(rand.NewPCG(1, 2))
+		page := make([]byte, 64<<10)
+		for i := range 40 { // 40 segments of incompressible data
+			for j := range page {
+				page[j] = byte(rnd.Uint32())
+			}
+			w.WriteMem(uint64(i)*uint64(len(page)), page)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		for got.Load() == 0 && time.Since(t0) < wait {
+			time.Sleep(10 * time.Millisecond)
+		}
+		wait = max(500*time.Millisecond, 3*time.Since(t0)) // what the default gets to show it waits
+		if early := got.Load() > 0; early != noManifest {
+			t.Errorf("--no-manifest %v: %d bytes out before the input ended; want output only with --no-manifest", noManifest, got.Load())
+		}
+		w.Close()
+		inW.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("%v = %v (%s)", args, err, errb.String())
+		}
+		<-read
+		types[noManifest] = strings.Join(recordTypes(t, ov.Bytes()), " ")
+	}
+	if want := "MANIFEST " + types[true]; types[false] != want || strings.Contains(types[true], "MANIFEST") {
+		t.Errorf("records %q and with --no-manifest %q; want the same but for the MANIFEST", types[false], types[true])
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("temporary files left in --tmpdir: %s", ents[0].Name())
 	}
 }

@@ -3,13 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"cloudlet/format"
 	"cloudlet/lib/sign"
 )
 
@@ -20,26 +18,24 @@ func TestSign(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
-	if err := run(context.Background(), []string{"overlay-pack", "--sign", key}, bytes.NewReader(diffStream(t)), &out, &errb); err != nil {
-		t.Fatalf("overlay-pack --sign = %v (%s)", err, errb.String())
-	}
-	r := format.NewReader(&out)
-	var types []string
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "SIGNER MANIFEST HEAD_SIGNATURE SEGMENT INDEX SIGNATURE"},
+		{[]string{"--no-manifest"}, "SIGNER SEGMENT INDEX SIGNATURE"},
+	} {
+		out.Reset()
+		args := append([]string{"overlay-pack", "--sign", key}, tc.args...)
+		if err := run(context.Background(), args, bytes.NewReader(diffStream(t)), &out, &errb); err != nil {
+			t.Fatalf("%v = %v (%s)", args, err, errb.String())
 		}
-		if err != nil {
-			t.Fatal(err)
+		if got := strings.Join(recordTypes(t, out.Bytes()), " "); got != tc.want {
+			t.Errorf("%v: signed overlay records: %s; want %s", args, got, tc.want)
 		}
-		types = append(types, rec.Type.String())
-	}
-	if got := strings.Join(types, " "); got != "SIGNER SEGMENT INDEX SIGNATURE" {
-		t.Errorf("signed overlay records: %s; want SIGNER SEGMENT INDEX SIGNATURE", got)
-	}
-	if !strings.Contains(errb.String(), k.ID) {
-		t.Errorf("stderr %q does not name the key %s", errb.String(), k.ID)
+		if !strings.Contains(errb.String(), k.ID) {
+			t.Errorf("stderr %q does not name the key %s", errb.String(), k.ID)
+		}
 	}
 	os.Chmod(key, 0o640)
 	out.Reset()

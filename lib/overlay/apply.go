@@ -1,10 +1,13 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"runtime"
@@ -31,6 +34,12 @@ type ApplyOptions struct {
 	// already wrote, so the data crosses no pipe and overlay-apply keeps
 	// no scratch copy of the stream. DELTA records are resolved either way.
 	KeepCopies bool
+	// Verifier is the Verifier the overlay is read through, if any
+	// (overlay-apply --trusted-keys). The output MANIFEST names the key
+	// of a verified head; when signatures are required (VerifyOptions.
+	// Require), an overlay whose head is not signed gets no output
+	// MANIFEST, so that nothing starts early from it.
+	Verifier *Verifier
 }
 
 // chunk is the most Apply reads from a base or scratch file at once.
@@ -60,12 +69,16 @@ type applier struct {
 	val     *format.Validator
 	scratch [3]*os.File // by space
 	tmp     string
+	out     *format.Header   // of the output, written after the overlay's head
+	ver     *Verifier        // the overlay is read through it, if not nil
+	man     *format.Manifest // the overlay's MANIFEST, if any
+	sha     hash.Hash        // of SEGMENT payloads, to compare with the MANIFEST
 	jobs    chan *applyJob
 	pending []*applyJob
 	free    [][]byte
 	read    []format.SegmentInfo // what was read, to compare with the INDEX
 	buf     []byte
-	out     []byte
+	res     []byte // a resolved DELTA
 }
 
 // Apply reads an overlay from r (fresh: nothing read yet; Apply enables its
@@ -102,11 +115,8 @@ func Apply(ctx context.Context, r *format.Reader, w *format.Writer, open OpenFun
 	out := *h
 	out.Kind = format.KindDiff
 	out.Producer = append(slices.Clone(h.Producer), o.Producer)
-	if err := w.WriteHeader(&out); err != nil {
-		return err
-	}
 	a := &applier{ctx: ctx, w: w, base: base, val: r.Validator().InSegment(), tmp: o.TempDir, copies: o.KeepCopies,
-		jobs: make(chan *applyJob, o.Workers+2), what: "overlay", maker: "overlay-pack"}
+		out: &out, ver: o.Verifier, jobs: make(chan *applyJob, o.Workers+2), what: "overlay", maker: "overlay-pack"}
 	return a.run(r, o.Workers)
 }
 
@@ -132,16 +142,15 @@ func Unpack(ctx context.Context, r *format.Reader, w *format.Writer, o ApplyOpti
 	out := *h
 	out.Kind = format.KindFull
 	out.Producer = append(slices.Clone(h.Producer), o.Producer)
-	if err := w.WriteHeader(&out); err != nil {
-		return err
-	}
 	a := &applier{ctx: ctx, w: w, whole: true, val: r.Validator().InSegment(), tmp: o.TempDir,
-		jobs: make(chan *applyJob, o.Workers+2), what: "base export", maker: "cloudlet-base export"}
+		out: &out, jobs: make(chan *applyJob, o.Workers+2), what: "base export", maker: "cloudlet-base export"}
 	return a.run(r, o.Workers)
 }
 
-// run reads the SEGMENT frames and INDEX of a packed stream and writes the
-// records inside, resolved, checking the INDEX and sha256 at the end.
+// run reads the head of a packed stream (SIGNER, MANIFEST,
+// HEAD_SIGNATURE), writes the output's HEADER and MANIFEST, then reads the
+// SEGMENT frames and INDEX and writes the records inside, resolved,
+// checking the MANIFEST, the INDEX and sha256 at the end.
 func (a *applier) run(r *format.Reader, workers int) error {
 	ctx := a.ctx
 	defer a.cleanup()
@@ -150,6 +159,7 @@ func (a *applier) run(r *format.Reader, workers int) error {
 		go a.worker()
 	}
 	var index *format.Index
+	head := true // still reading the overlay's head
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -163,6 +173,28 @@ func (a *applier) run(r *format.Reader, workers int) error {
 			return err
 		}
 		switch rec.Type {
+		case format.TypeSigner, format.TypeHeadSignature:
+			continue // the Verifier checks them, if asked to
+		case format.TypeManifest:
+			// The Reader's Validator accepts it only in the head.
+			h, _ := r.Header()
+			if a.man, err = rec.ManifestRecord(h); err != nil {
+				return fmt.Errorf("%s: MANIFEST at offset %d: %w", a.what, off, err)
+			}
+			for i := range a.man.Segments {
+				s := &a.man.Segments[i]
+				s.Mem, s.Disk = ranges(s.Mem).normalize(0), ranges(s.Disk).normalize(0)
+			}
+			a.sha = sha256.New()
+			continue
+		}
+		if head {
+			if err := a.writeHead(); err != nil {
+				return err
+			}
+			head = false
+		}
+		switch rec.Type {
 		case format.TypeSegment:
 			if index != nil {
 				return fmt.Errorf("%s: SEGMENT at offset %d after the INDEX; it is malformed, make it again with %s", a.what, off, a.maker)
@@ -174,6 +206,9 @@ func (a *applier) run(r *format.Reader, workers int) error {
 			if index != nil {
 				return fmt.Errorf("%s: second INDEX at offset %d; it is malformed, make it again with %s", a.what, off, a.maker)
 			}
+			if err := a.allListed(off); err != nil {
+				return err
+			}
 			index = &format.Index{}
 			if err := format.Unmarshal(rec.Payload, index); err != nil {
 				return fmt.Errorf("%s: INDEX at offset %d: %w", a.what, off, err)
@@ -184,6 +219,14 @@ func (a *applier) run(r *format.Reader, workers int) error {
 			}
 		}
 	}
+	if head {
+		if err := a.writeHead(); err != nil {
+			return err
+		}
+	}
+	if err := a.allListed(r.Offset()); err != nil {
+		return err
+	}
 	for len(a.pending) > 0 {
 		if err := a.emitOldest(); err != nil {
 			return err
@@ -192,10 +235,77 @@ func (a *applier) run(r *format.Reader, workers int) error {
 	if r.End().SHA256 == "" {
 		return fmt.Errorf("%s: END carries no sha256, so it cannot be verified; make it again with %s", a.what, a.maker)
 	}
+	if err := r.Validator().CheckPromised(); err != nil {
+		return &format.CorruptError{Offset: r.Offset(), Type: format.TypeManifest, Err: err}
+	}
 	if index != nil {
 		if err := a.checkIndex(index); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// writeHead writes the output's HEADER and, for an overlay with a
+// MANIFEST, the diff stream's MANIFEST: the union of the ranges the
+// segments write, so that vm-resume knows them before any record. When
+// signatures are required and the overlay's head was not signed and
+// verified, there is none: early start then refuses the stream.
+func (a *applier) writeHead() error {
+	if err := a.w.WriteHeader(a.out); err != nil {
+		return err
+	}
+	if a.man == nil || a.whole {
+		return nil
+	}
+	m := format.Manifest{Order: a.man.Order}
+	if m.Order == "" {
+		m.Order = format.OrderOffset
+	}
+	if a.ver != nil {
+		m.Signer = a.ver.HeadSigner()
+		if m.Signer == "" && a.ver.o.Require {
+			return nil
+		}
+	}
+	mem, disk := a.man.Ranges()
+	m.Mem, m.Disk = ranges(mem).normalize(0), ranges(disk).normalize(0)
+	return a.w.WriteMeta(format.TypeManifest, &m)
+}
+
+// allListed refuses an overlay that has fewer segments than its MANIFEST
+// lists; off is where the next segment should have been.
+func (a *applier) allListed(off int64) error {
+	if a.man == nil || len(a.read) >= len(a.man.Segments) {
+		return nil
+	}
+	return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
+		"%w: segment %d is missing at offset %d: the MANIFEST lists %d segments, the %s has %d",
+		format.ErrMalformed, len(a.read), off, len(a.man.Segments), a.what, len(a.read))}
+}
+
+// checkListed compares a SEGMENT payload with its entry in the MANIFEST,
+// before anything decompresses it.
+func (a *applier) checkListed(seq int, off int64, payload []byte, raw uint32) error {
+	if a.man == nil {
+		return nil
+	}
+	bad := func(f string, args ...any) error {
+		return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
+			"%w: segment %d (SEGMENT frame at offset %d) does not match the MANIFEST: %s; the %s was altered or damaged",
+			format.ErrMalformed, seq, off, fmt.Sprintf(f, args...), a.what)}
+	}
+	if seq >= len(a.man.Segments) {
+		return bad("the MANIFEST lists only %d segments", len(a.man.Segments))
+	}
+	want := a.man.Segments[seq]
+	if uint64(len(payload)) != want.Size || uint64(raw) != want.Raw {
+		return bad("%d bytes (%d raw), the MANIFEST says %d (%d raw)", len(payload), raw, want.Size, want.Raw)
+	}
+	a.sha.Reset()
+	a.sha.Write(payload)
+	if got := a.sha.Sum(nil); !bytes.Equal(got, want.SHA256) {
+		return bad("sha256 %x, the MANIFEST says %x", got, want.SHA256)
 	}
 	return nil
 }
@@ -232,6 +342,9 @@ func (a *applier) submit(rec *format.Record, off int64) error {
 	s, err := rec.SegmentRecord()
 	if err != nil {
 		return fmt.Errorf("overlay: SEGMENT at offset %d: %w", off, err)
+	}
+	if err := a.checkListed(len(a.read), off, rec.Payload, s.RawLength); err != nil {
+		return err
 	}
 	for len(a.pending) >= cap(a.jobs) {
 		if err := a.emitOldest(); err != nil {
@@ -292,6 +405,13 @@ func (a *applier) emitOldest() error {
 	}
 	s := &a.read[j.seq]
 	s.Mem, s.Disk = rng.mem.normalize(0), rng.disk.normalize(0)
+	if a.man != nil {
+		if m := a.man.Segments[j.seq]; !ranges(m.Mem).covers(s.Mem) || !ranges(m.Disk).covers(s.Disk) {
+			return &format.CorruptError{Offset: j.offset, Type: format.TypeSegment, Err: fmt.Errorf(
+				"%w: segment %d (SEGMENT frame at offset %d) writes memory or disk ranges its MANIFEST entry does not list",
+				format.ErrMalformed, j.seq, j.offset)}
+		}
+	}
 	a.free = append(a.free, j.comp, j.raw)
 	return nil
 }
@@ -355,10 +475,10 @@ func (a *applier) record(rec *format.Record) error {
 		if err := readBase(a.base, src, b, d.Offset); err != nil {
 			return err
 		}
-		if cap(a.out) < int(d.Length) {
-			a.out = make([]byte, d.Length)
+		if cap(a.res) < int(d.Length) {
+			a.res = make([]byte, d.Length)
 		}
-		out := a.out[:d.Length]
+		out := a.res[:d.Length]
 		if err := delta.Decode(d.Method, b, d.Delta, out); err != nil {
 			return &format.CorruptError{Type: format.TypeDelta, Err: fmt.Errorf("%w: DELTA at %d+%d: %v", format.ErrMalformed, d.Offset, d.Length, err)}
 		}
@@ -460,11 +580,10 @@ func (a *applier) scratchFile(space uint8) (*os.File, error) {
 	if f := a.scratch[space]; f != nil {
 		return f, nil
 	}
-	f, err := os.CreateTemp(a.tmp, "overlay-apply-scratch-")
+	f, err := tempFile(a.tmp, "overlay-apply-scratch-")
 	if err != nil {
-		return nil, fmt.Errorf("creating a scratch file: %w (set --tmpdir to a writable folder)", err)
+		return nil, err
 	}
-	os.Remove(f.Name())
 	a.scratch[space] = f
 	return f, nil
 }

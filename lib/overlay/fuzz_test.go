@@ -64,11 +64,19 @@ func smallWorld(t testing.TB) (*memBase, []byte) {
 	return b, buf.Bytes()
 }
 
+// fuzzSeeds: overlays without MANIFEST (seeds 0-2, zstd, xz, signed),
+// with one (3), with a signed head (4), in access order (5).
 func fuzzSeeds(t testing.TB) (*memBase, [][]byte) {
 	b, diff := smallWorld(t)
-	o := PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize, Workers: 1}
-	xz := PackOptions{Codec: "xz", SegmentSize: MinSegmentSize, Workers: 1}
-	return b, [][]byte{pack(t, diff, o), pack(t, diff, xz), packSigned(t, diff, o, fuzzKey())}
+	o := PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize, Workers: 1, NoManifest: true}
+	xz := PackOptions{Codec: "xz", SegmentSize: MinSegmentSize, Workers: 1, NoManifest: true}
+	m := PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize, Workers: 1}
+	acc := m
+	acc.Order, acc.AccessFile = format.OrderAccess, "fuzz"
+	acc.Access = &format.AccessLog{Version: format.AccessLogVersion, Accesses: []format.Access{
+		{Space: format.AccessMem, Offset: 3 * 4096, Length: 4096}, {Space: format.AccessDisk, Offset: 0, Length: 4096}}}
+	return b, [][]byte{pack(t, diff, o), pack(t, diff, xz), packSigned(t, diff, o, fuzzKey()),
+		pack(t, diff, m), packSigned(t, diff, m, fuzzKey()), pack(t, diff, acc)}
 }
 
 // TestWriteFuzzSeeds regenerates testdata/fuzz/FuzzApply/seed-* when
@@ -93,9 +101,10 @@ func TestWriteFuzzSeeds(t *testing.T) {
 // FuzzApply feeds arbitrary overlays to Apply against a small in-memory
 // base, without and with the signature check of overlay-apply
 // --trusted-keys --require-signature. It must never panic; Apply succeeds
-// only if its output is a complete stream of resolved records; a failed
-// Apply never leaves an END in its output; the signature check only ever
-// accepts what plain Apply accepts, with the same output.
+// only if its output is a complete stream of resolved records (a MANIFEST
+// first, whose promises it keeps); a failed Apply never leaves an END in
+// its output; the signature check only ever accepts what plain Apply
+// accepts, with the same records, and a MANIFEST it writes names the key.
 func FuzzApply(f *testing.F) {
 	b, seeds := fuzzSeeds(f)
 	for _, s := range seeds {
@@ -111,13 +120,15 @@ func FuzzApply(f *testing.F) {
 		err := cliutil.Filter("overlay-apply", bytes.NewReader(in), &plain, func(r *format.Reader, w *format.Writer) error {
 			return Apply(context.Background(), r, w, open, o)
 		})
-		complete := checkOutput(t, plain.Bytes())
+		complete, recs, _ := checkOutput(t, plain.Bytes())
 		if (err == nil) != complete {
 			t.Fatalf("Apply = %v but output complete = %v", err, complete)
 		}
 		v := NewVerifier(bytes.NewReader(in), VerifyOptions{Trusted: trusted, Require: true})
 		var signed bytes.Buffer
 		serr := cliutil.Filter("overlay-apply", v, &signed, func(r *format.Reader, w *format.Writer) error {
+			o := o
+			o.Verifier = v
 			err := Apply(context.Background(), r, w, open, o)
 			if verr := v.Err(); verr != nil {
 				return verr
@@ -127,12 +138,15 @@ func FuzzApply(f *testing.F) {
 			}
 			return v.Check()
 		})
-		scomplete := checkOutput(t, signed.Bytes())
+		scomplete, srecs, m := checkOutput(t, signed.Bytes())
 		if (serr == nil) != scomplete {
 			t.Fatalf("verified Apply = %v but output complete = %v", serr, scomplete)
 		}
-		if serr == nil && (err != nil || !bytes.Equal(signed.Bytes(), plain.Bytes())) {
-			t.Fatalf("the signature check accepted what Apply refused (%v) or changed the output", err)
+		if serr == nil && (err != nil || !bytes.Equal(srecs, recs)) {
+			t.Fatalf("the signature check accepted what Apply refused (%v) or changed the records", err)
+		}
+		if m != nil && m.Signer != key.ID {
+			t.Fatalf("verified Apply wrote a MANIFEST with signer %q; want %s (signatures required)", m.Signer, key.ID)
 		}
 		if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
 			t.Fatalf("scratch left behind: %s", ents[0].Name())
@@ -141,21 +155,30 @@ func FuzzApply(f *testing.F) {
 }
 
 // checkOutput reads Apply's output: it reports whether it is a complete
-// stream and fails on any record vm-resume would not accept.
-func checkOutput(t *testing.T, out []byte) bool {
+// stream whose MANIFEST (if any) promised what it wrote, and returns its
+// records but the MANIFEST (type and payload of each) and the MANIFEST.
+// It fails on any record vm-resume would not accept.
+func checkOutput(t *testing.T, out []byte) (complete bool, recs []byte, m *format.Manifest) {
 	r := format.NewReader(bytes.NewReader(out))
-	for {
+	for n := 0; ; n++ {
 		rec, err := r.Next()
 		if err == io.EOF {
-			return true
+			return r.Validator().CheckPromised() == nil, recs, m
 		}
 		if err != nil {
-			return false
+			return false, recs, m
 		}
 		switch rec.Type {
+		case format.TypeManifest:
+			h, _ := r.Header()
+			if m, err = rec.ManifestRecord(h); err != nil || n != 0 {
+				t.Fatalf("output carries a MANIFEST as record %d: %v", n, err)
+			}
+			continue
 		case format.TypeDevState, format.TypeMem, format.TypeMemZero, format.TypeDisk, format.TypeDiskZero:
 		default:
 			t.Fatalf("output carries a %s record", rec.Type)
 		}
+		recs = append(append(recs, byte(rec.Type)), rec.Payload...)
 	}
 }

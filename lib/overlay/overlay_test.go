@@ -211,15 +211,22 @@ func replayCopies(t *testing.T, stream []byte, b *memBase, copies bool) (mem, di
 	if h.Kind != format.KindDiff || h.BaseID != b.id || strings.Join(h.Producer, ",") != "test,overlay-pack,overlay-apply" {
 		t.Errorf("output header = %+v; want kind diff, base %s, producers test,overlay-pack,overlay-apply", h, b.id)
 	}
-	for {
+	for n := 0; ; n++ {
 		rec, err := r.Next()
 		if err == io.EOF {
+			if err := r.Validator().CheckPromised(); err != nil {
+				t.Fatalf("output: %v", err)
+			}
 			return mem, disk, dev, ncopy
 		}
 		if err != nil {
 			t.Fatalf("reading the output: %v", err)
 		}
 		switch rec.Type {
+		case format.TypeManifest:
+			if n != 0 {
+				t.Fatalf("output carries a MANIFEST as its record %d; want it first", n)
+			}
 		case format.TypeDevState:
 			dev = append(dev, rec.Payload...)
 		case format.TypeMem, format.TypeDisk:

@@ -30,15 +30,37 @@ type PackOptions struct {
 	// Producer is appended to the header's producer list (default
 	// "overlay-pack").
 	Producer string
-	// Log, if set, receives one line saying what "auto" chose and why.
+	// Log, if set, receives one line saying what "auto" chose and why,
+	// and notes about the order.
 	Log io.Writer
+
+	// NoManifest writes the overlay as it is made, segment by segment,
+	// without a MANIFEST (SPEC.md section 2.10), for packing straight into
+	// a link. By default the compressed segments wait in a spool file in
+	// TempDir until all are known, and the overlay starts with a MANIFEST
+	// that lists them.
+	NoManifest bool
+	// Order is format.OrderOffset (default: records in stream order) or
+	// format.OrderAccess: the records whose ranges Access lists first,
+	// by first access, in segments of EarlySegmentSize.
+	Order string
+	// Access is the access log OrderAccess follows; AccessFile names it
+	// in messages.
+	Access     *format.AccessLog
+	AccessFile string
+	// EarlySegmentSize is the raw size of the segments that hold the
+	// records Access lists (default 256 KiB, 64 KiB to 16 MiB).
+	EarlySegmentSize int
+	// TempDir holds the spool files (default os.TempDir()).
+	TempDir string
 }
 
 // Defaults of PackOptions.
 const (
-	DefaultSegmentSize = 4 << 20
-	MinSegmentSize     = 64 << 10
-	DefaultBandwidth   = 100
+	DefaultSegmentSize      = 4 << 20
+	DefaultEarlySegmentSize = 256 << 10
+	MinSegmentSize          = 64 << 10
+	DefaultBandwidth        = 100
 )
 
 func (o *PackOptions) fill() error {
@@ -65,8 +87,25 @@ func (o *PackOptions) fill() error {
 	if o.SegmentSize == 0 {
 		o.SegmentSize = DefaultSegmentSize
 	}
-	if o.SegmentSize < MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw {
-		return fmt.Errorf("overlay: segment size %d: want %d-%d bytes", o.SegmentSize, MinSegmentSize, format.MaxSegmentRaw)
+	if o.EarlySegmentSize == 0 {
+		o.EarlySegmentSize = DefaultEarlySegmentSize
+	}
+	for _, n := range []int{o.SegmentSize, o.EarlySegmentSize} {
+		if n < MinSegmentSize || n > format.MaxSegmentRaw {
+			return fmt.Errorf("overlay: segment size %d: want %d-%d bytes", n, MinSegmentSize, format.MaxSegmentRaw)
+		}
+	}
+	switch {
+	case o.Order == "":
+		o.Order = format.OrderOffset
+	case o.Order != format.OrderOffset && o.Order != format.OrderAccess:
+		return fmt.Errorf("overlay: order %q: want offset or access", o.Order)
+	}
+	switch {
+	case o.Order == format.OrderAccess && o.Access == nil:
+		return fmt.Errorf("overlay: the access order needs an access log")
+	case o.Order == format.OrderOffset && o.Access != nil:
+		return fmt.Errorf("overlay: an access log goes with the access order, not the offset order")
 	}
 	if o.Bandwidth == 0 {
 		o.Bandwidth = DefaultBandwidth
@@ -97,7 +136,11 @@ type packer struct {
 	ctx     context.Context
 	o       *PackOptions
 	w       *format.Writer
-	codec   uint8 // 0 until "auto" decided (it sets o.Level too)
+	hdr     *format.Header // of the output
+	sg      *signing       // nil: not signed
+	order   string         // the order the records are packed in
+	spool   *segSpool      // nil: segments go straight to w (NoManifest)
+	codec   uint8          // 0 until "auto" decided (it sets o.Level too)
 	jobs    chan *packJob
 	pending []*packJob
 	free    [][]byte // raw buffers to reuse
@@ -105,10 +148,15 @@ type packer struct {
 }
 
 // Pack reads a diff stream from r and writes it to w as an overlay (SPEC.md
-// section 3): HEADER, SEGMENT frames, INDEX. The caller closes w, which
-// writes END; Pack enables its sha256 (Writer.HashSHA256), so w must be
-// fresh. Records keep their order.
+// section 3): HEADER, MANIFEST, SEGMENT frames, INDEX (with NoManifest:
+// HEADER, SEGMENT frames as they are made, INDEX). The caller closes w,
+// which writes END; Pack enables its sha256 (Writer.HashSHA256), so w must
+// be fresh. Records keep their order unless o.Order is access.
 func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions) error {
+	return packOverlay(ctx, r, w, o, nil)
+}
+
+func packOverlay(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions, sg *signing) error {
 	h, err := r.Header()
 	if err != nil {
 		return err
@@ -116,12 +164,15 @@ func Pack(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions
 	if h.Kind != format.KindDiff {
 		return fmt.Errorf("input is a %s stream; overlay-pack packs a diff stream (the output of mem-diff and disk-diff)", h.Kind)
 	}
-	return packAs(ctx, r, h, format.KindOverlay, w, o)
+	return packAs(ctx, r, h, format.KindOverlay, w, o, sg)
 }
 
 // PackBase packs a full stream holding a whole base (cloudlet-base export
 // writes it: base_id set, disk_base empty, FILE records for the boot
 // files) into a base export: segments, INDEX and sha256 as in an overlay.
+// A base export has no MANIFEST (o.NoManifest is implied): nothing starts
+// early from one (an import needs all of it to check the base's ID), and
+// spooling a whole base would only delay it.
 func PackBase(ctx context.Context, r *format.Reader, w *format.Writer, o PackOptions) error {
 	h, err := r.Header()
 	if err != nil {
@@ -130,21 +181,37 @@ func PackBase(ctx context.Context, r *format.Reader, w *format.Writer, o PackOpt
 	if h.Kind != format.KindFull || h.BaseID == "" || h.VM.DiskBase != "" {
 		return fmt.Errorf("input is not a whole base (a full stream with base_id and no disk_base)")
 	}
-	return packAs(ctx, r, h, format.KindBase, w, o)
+	if o.Order == format.OrderAccess {
+		return fmt.Errorf("overlay: a base export is packed in offset order")
+	}
+	o.NoManifest = true
+	return packAs(ctx, r, h, format.KindBase, w, o, nil)
 }
 
-func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string, w *format.Writer, o PackOptions) error {
+func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string, w *format.Writer, o PackOptions, sg *signing) error {
 	if err := o.fill(); err != nil {
 		return err
 	}
 	out := *h
 	out.Kind = kind
 	out.Producer = append(slices.Clone(h.Producer), o.Producer)
-	w.HashSHA256()
-	if err := w.WriteHeader(&out); err != nil {
+	p := &packer{ctx: ctx, o: &o, w: w, hdr: &out, sg: sg, jobs: make(chan *packJob, o.Workers+2)}
+	src, err := newSource(r, h, &o)
+	if err != nil {
 		return err
 	}
-	p := &packer{ctx: ctx, o: &o, w: w, jobs: make(chan *packJob, o.Workers+2)}
+	defer src.close()
+	p.order = src.order()
+	if o.NoManifest {
+		if err := p.writeHead(nil); err != nil {
+			return err
+		}
+	} else {
+		if p.spool, err = newSegSpool(o.TempDir); err != nil {
+			return err
+		}
+		defer p.spool.close()
+	}
 	if o.Codec != "auto" {
 		p.codec, _ = codec.Parse(o.Codec)
 	}
@@ -155,6 +222,7 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 	var seg *bytes.Buffer
 	var bw *format.Writer
 	var rng segRanges
+	var early bool // the current segment holds records the access log lists
 	flush := func() error {
 		if bw == nil {
 			return nil
@@ -172,7 +240,7 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rec, err := r.Next()
+		rec, e, err := src.next()
 		if err == io.EOF {
 			break
 		}
@@ -180,10 +248,11 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 			return err
 		}
 		size := format.FrameHeadSize + len(rec.Payload) + format.FrameTailSize
-		if size > format.MaxSegmentRaw {
-			return fmt.Errorf("%s record at input offset %d is %d bytes, larger than a segment can hold (%d); split it upstream", rec.Type, r.Offset()-int64(size), size, format.MaxSegmentRaw)
+		limit := o.SegmentSize
+		if e {
+			limit = o.EarlySegmentSize
 		}
-		if bw != nil && int(bw.Bytes())+size > o.SegmentSize {
+		if bw != nil && (e != early || int(bw.Bytes())+size > limit) {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -191,6 +260,7 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 		if bw == nil {
 			seg = bytes.NewBuffer(p.buffer())
 			bw = format.NewBodyWriter(seg)
+			early = e
 		}
 		if err := bw.WriteRecord(rec); err != nil {
 			return err
@@ -210,7 +280,33 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 			return err
 		}
 	}
-	return p.writeIndex()
+	if p.spool != nil {
+		m := p.spool.manifest(p.order)
+		if err := m.Validate(p.hdr); err != nil {
+			return fmt.Errorf("overlay: the MANIFEST overlay-pack made does not check (a bug): %w", err)
+		}
+		if err := p.writeHead(m); err != nil {
+			return err
+		}
+		if err := p.spool.copyOut(p.writeSegment); err != nil {
+			return err
+		}
+	}
+	p.index.Order = p.order
+	if err := p.writeIndex(); err != nil {
+		return err
+	}
+	return p.sign()
+}
+
+// checkRecordSize refuses a record no segment can hold; off is where it
+// starts in the input.
+func checkRecordSize(rec *format.Record, off int64) error {
+	size := format.FrameHeadSize + len(rec.Payload) + format.FrameTailSize
+	if size > format.MaxSegmentRaw {
+		return fmt.Errorf("%s record at input offset %d is %d bytes, larger than a segment can hold (%d); split it upstream", rec.Type, off, size, format.MaxSegmentRaw)
+	}
+	return nil
 }
 
 func (p *packer) buffer() []byte {
@@ -285,22 +381,38 @@ func (p *packer) writeOldest() error {
 	case <-p.ctx.Done():
 		return p.ctx.Err()
 	}
+	seq := len(p.index.Segments)
+	if p.spool != nil {
+		seq = len(p.spool.segs)
+	}
 	if j.err != nil {
-		return fmt.Errorf("compressing segment %d with %s: %w", len(p.index.Segments), codec.Name(j.codec), j.err)
+		return fmt.Errorf("compressing segment %d with %s: %w", seq, codec.Name(j.codec), j.err)
 	}
 	if len(j.comp)+8 > format.MaxPayload {
-		return fmt.Errorf("segment %d compresses to %d bytes, more than a frame holds; use a smaller --segment-size", len(p.index.Segments), len(j.comp))
+		return fmt.Errorf("segment %d compresses to %d bytes, more than a frame holds; use a smaller --segment-size", seq, len(j.comp))
 	}
+	mem, disk := j.rng.mem.normalize(0), j.rng.disk.normalize(0)
+	var err error
+	if p.spool != nil {
+		err = p.spool.add(j.codec, uint32(len(j.raw)), j.comp, mem, disk)
+	} else {
+		err = p.writeSegment(j.codec, uint32(len(j.raw)), j.comp, mem, disk)
+	}
+	p.free = append(p.free, j.raw, j.comp)
+	return err
+}
+
+// writeSegment writes a SEGMENT frame to the overlay and notes it in the
+// INDEX.
+func (p *packer) writeSegment(c uint8, raw uint32, comp []byte, mem, disk ranges) error {
 	off := p.w.Bytes()
-	check, err := p.w.WriteSegment(j.codec, uint32(len(j.raw)), j.comp)
+	check, err := p.w.WriteSegment(c, raw, comp)
 	if err != nil {
 		return err
 	}
 	p.index.Segments = append(p.index.Segments, format.SegmentInfo{
-		Offset: off, Size: uint64(len(j.comp)), Raw: uint64(len(j.raw)), Check: check,
-		Mem: j.rng.mem.normalize(0), Disk: j.rng.disk.normalize(0),
+		Offset: off, Size: uint64(len(comp)), Raw: uint64(raw), Check: check, Mem: mem, Disk: disk,
 	})
-	p.free = append(p.free, j.raw, j.comp)
 	return nil
 }
 

@@ -15,92 +15,21 @@ import (
 )
 
 // Signed overlays (format/SPEC.md section 6.1): a SIGNER record right after
-// the HEADER names the key, and a SIGNATURE record right before END signs
-// the sha256 of every byte before it.
+// the HEADER names the key, a HEAD_SIGNATURE right after the MANIFEST signs
+// the sha256 of every byte before it (the head), and a SIGNATURE record
+// right before END signs the sha256 of every byte before it.
 
 // Summer returns the sha256 of the bytes a format.Writer has flushed so
 // far (sign.HashWriter under the Writer).
 type Summer interface{ Sum() []byte }
 
-var errSignAbort = errors.New("overlay: signing stopped")
-
 // PackSigned is Pack followed by signing with key: the overlay gets a
-// SIGNER record after its HEADER and a SIGNATURE before END. w must be
-// fresh and write to out, which hashes what w flushes. Pack runs into a
-// pipe; its records are rewritten to w (the INDEX's segment offsets
-// shifted by the SIGNER frame), so memory stays bounded as in Pack. The
-// caller closes w, which writes END.
+// SIGNER record after its HEADER, a HEAD_SIGNATURE after its MANIFEST
+// (unless o.NoManifest) and a SIGNATURE before END. w must be fresh and
+// write to out, which hashes what w flushes. The caller closes w, which
+// writes END.
 func PackSigned(ctx context.Context, r *format.Reader, w *format.Writer, out Summer, o PackOptions, key *sign.PrivateKey) error {
-	signer, err := sign.SignerPayload(key.ID)
-	if err != nil {
-		return err
-	}
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		iw := format.NewWriter(pw)
-		err := Pack(ctx, r, iw, o)
-		if err == nil {
-			err = iw.Close()
-		}
-		pw.CloseWithError(err) // nil: EOF
-		done <- err
-	}()
-	err = resign(pr, w, out, signer, key)
-	pr.CloseWithError(errSignAbort) // unblocks Pack if we stopped early
-	if perr := <-done; perr != nil && !errors.Is(perr, errSignAbort) {
-		return perr // the cause (an upstream error, a bad input record)
-	}
-	return err
-}
-
-func resign(in io.Reader, w *format.Writer, out Summer, signer []byte, key *sign.PrivateKey) error {
-	r := format.NewReader(in)
-	r.HashSHA256()
-	h, err := r.Header()
-	if err != nil {
-		return err
-	}
-	w.HashSHA256()
-	if err := w.WriteHeader(h); err != nil {
-		return err
-	}
-	if err := w.WriteRecord(&format.Record{Type: format.TypeSigner, Payload: signer}); err != nil {
-		return err
-	}
-	shift := w.Bytes() - uint64(r.Offset())
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if rec.Type == format.TypeIndex {
-			var idx format.Index
-			if err := format.Unmarshal(rec.Payload, &idx); err != nil {
-				return err
-			}
-			for i := range idx.Segments {
-				idx.Segments[i].Offset += shift
-			}
-			err = w.WriteMeta(format.TypeIndex, &idx)
-		} else {
-			err = w.WriteRecord(rec)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	p, err := sign.SignaturePayload(key, out.Sum())
-	if err != nil {
-		return err
-	}
-	return w.WriteRecord(&format.Record{Type: format.TypeSignature, Payload: p})
+	return packOverlay(ctx, r, w, o, &signing{key: key, out: out})
 }
 
 // VerifyOptions is the signature policy of overlay-apply.
@@ -148,7 +77,9 @@ func (e *SignatureError) ExitStatus() int {
 //
 // The bytes up to the HEADER are only passed on once the frame after it
 // was seen, so an unsigned overlay (with Require) or an unknown signer is
-// refused before Apply reads the HEADER. The END frame is only passed on
+// refused before Apply reads the HEADER. The last byte of a HEAD_SIGNATURE
+// is only passed on after it verified, so Apply reads no SEGMENT of an
+// overlay whose signed head was altered. The END frame is only passed on
 // after the SIGNATURE verified, so a format.Reader over a Verifier never
 // reports a complete overlay whose signature did not verify.
 type Verifier struct {
@@ -169,14 +100,16 @@ type Verifier struct {
 	frame   int64 // current frame number, 1 = HEADER
 	start   int64 // offset of the current frame
 	typ     format.Type
-	keep    []byte // payload of the current SIGNER or SIGNATURE
-	before  []byte // sha256 of the bytes before the current frame
-	prevSig bool   // the previous frame was the SIGNATURE
+	keep    []byte      // payload of the current SIGNER, HEAD_SIGNATURE or SIGNATURE
+	before  []byte      // sha256 of the bytes before the current frame
+	prevSig bool        // the previous frame was the SIGNATURE
+	prevTyp format.Type // type of the previous frame
 
-	signer   *sign.PublicKey
-	signerID string
-	verified bool
-	sawEnd   bool
+	signer       *sign.PublicKey
+	signerID     string
+	headVerified bool // the HEAD_SIGNATURE verified
+	verified     bool // the SIGNATURE verified
+	sawEnd       bool
 }
 
 // NewVerifier returns a Verifier reading r with policy o.
@@ -186,6 +119,16 @@ func NewVerifier(r io.Reader, o VerifyOptions) *Verifier {
 
 // Signer returns the signer's key, once the SIGNER was read and trusted.
 func (v *Verifier) Signer() *sign.PublicKey { return v.signer }
+
+// HeadSigner returns the key ID of the HEAD_SIGNATURE once it verified
+// (the overlay's HEADER, SIGNER and MANIFEST are then as the signer made
+// them), else "".
+func (v *Verifier) HeadSigner() string {
+	if !v.headVerified {
+		return ""
+	}
+	return v.signerID
+}
 
 // Err returns the error the Verifier stopped with, if any.
 func (v *Verifier) Err() error {
@@ -332,7 +275,7 @@ func (v *Verifier) frameHead() bool {
 		}
 	}
 	switch v.typ {
-	case format.TypeSigner, format.TypeSignature:
+	case format.TypeSigner, format.TypeSignature, format.TypeHeadSignature:
 		if flags != 0 {
 			v.fail(fmt.Sprintf("%s record (%s) has flags %#x, want 0", v.typ, at, flags), false)
 			return false
@@ -347,6 +290,14 @@ func (v *Verifier) frameHead() bool {
 		}
 		if v.typ == format.TypeSignature && v.verified {
 			v.fail(fmt.Sprintf("second SIGNATURE record at %s: the overlay was altered (signature duplicated)", at), false)
+			return false
+		}
+		if v.typ == format.TypeHeadSignature && v.signerID == "" {
+			v.fail(fmt.Sprintf("HEAD_SIGNATURE record at %s, but no SIGNER record after the HEADER: the overlay was altered", at), false)
+			return false
+		}
+		if v.typ == format.TypeHeadSignature && (v.frame != 4 || v.prevTyp != format.TypeManifest) {
+			v.fail(fmt.Sprintf("HEAD_SIGNATURE record at %s: it must directly follow the MANIFEST, which directly follows the SIGNER; the overlay was altered (head signature moved or duplicated)", at), false)
 			return false
 		}
 		if v.need > sign.SignatureSize {
@@ -366,10 +317,11 @@ func (v *Verifier) frameHead() bool {
 	return true
 }
 
-// payload handles a complete payload: SIGNER or SIGNATURE content.
+// payload handles a complete payload: SIGNER, HEAD_SIGNATURE or
+// SIGNATURE content.
 func (v *Verifier) payload() bool {
 	v.part, v.need = 3, format.FrameTailSize
-	v.prevSig = false
+	v.prevSig, v.prevTyp = false, v.typ
 	at := fmt.Sprintf("frame %d at offset %d", v.frame, v.start)
 	switch v.typ {
 	case format.TypeSigner:
@@ -385,25 +337,33 @@ func (v *Verifier) payload() bool {
 			return false
 		}
 		v.signer = k
-	case format.TypeSignature:
+	case format.TypeHeadSignature, format.TypeSignature:
 		id, sig, err := sign.ParseSignature(v.keep)
 		if err != nil {
-			v.fail(fmt.Sprintf("SIGNATURE at %s: %v", at, err), false)
+			v.fail(fmt.Sprintf("%s at %s: %v", v.typ, at, err), false)
 			return false
 		}
 		if id != v.signerID {
-			v.fail(fmt.Sprintf("SIGNATURE at %s is by key %s, but the SIGNER record names key %s: the overlay was altered", at, id, v.signerID), false)
+			v.fail(fmt.Sprintf("%s at %s is by key %s, but the SIGNER record names key %s: the overlay was altered", v.typ, at, id, v.signerID), false)
 			return false
 		}
-		if !sign.Verify(v.signer, v.before, sig) {
+		what, check := "the signature", sign.Verify
+		if v.typ == format.TypeHeadSignature {
+			what, check = "the head signature", verifyHead
+		}
+		if !check(v.signer, v.before, sig) {
 			file := ""
 			if v.signer.File != "" {
 				file = " from " + v.signer.File
 			}
-			v.fail(fmt.Sprintf("the signature (%s) does not verify with key %s%s: the overlay was altered after it was signed", at, id, file), false)
+			v.fail(fmt.Sprintf("%s (%s) does not verify with key %s%s: the overlay was altered after it was signed", what, at, id, file), false)
 			return false
 		}
-		v.verified, v.prevSig = true, true
+		if v.typ == format.TypeHeadSignature {
+			v.headVerified = true
+		} else {
+			v.verified, v.prevSig = true, true
+		}
 	}
 	return true
 }

@@ -91,8 +91,8 @@ func TestSignedRoundTrip(t *testing.T) {
 				t.Fatalf("apply of a signed overlay = %v (complete %v); want success", err, complete)
 			}
 		}
-		// The INDEX offsets were shifted, so plain Apply (which checks the
-		// INDEX and skips the optional SIGNER and SIGNATURE) accepts it too.
+		// Plain Apply (which checks the INDEX and skips the optional
+		// SIGNER, HEAD_SIGNATURE and SIGNATURE) accepts it too.
 		var out bytes.Buffer
 		if err := apply(ov, wd.base, &out); err != nil {
 			t.Fatalf("apply without a policy = %v", err)
@@ -105,13 +105,16 @@ func TestSignedRoundTrip(t *testing.T) {
 }
 
 // TestSignatureRefused: each way a signature can be wrong is refused with
-// the key ID in the message, and the output never ends in END.
+// the key ID in the message, and the output never ends in END. The
+// overlays have no MANIFEST (the layout of overlay-pack --no-manifest and
+// of older overlay-packs); TestHeadSignature covers the head.
 func TestSignatureRefused(t *testing.T) {
 	wd := makeWorld(t)
 	k, other := testKey(t), testKey(t)
-	signed := packSigned(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize}, k)
-	byOther := packSigned(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize}, other)
-	unsigned := pack(t, wd.diff, PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize})
+	o := PackOptions{Codec: "zstd", SegmentSize: MinSegmentSize, NoManifest: true}
+	signed := packSigned(t, wd.diff, o, k)
+	byOther := packSigned(t, wd.diff, o, other)
+	unsigned := pack(t, wd.diff, o)
 	pre, fr := frames(signed)
 	join := func(fs ...[]byte) []byte { return bytes.Join(append([][]byte{pre}, fs...), nil) }
 	n := len(fr)
@@ -120,7 +123,7 @@ func TestSignatureRefused(t *testing.T) {
 	// forged: the SIGNATURE of another key's overlay grafted on.
 	_, ofr := frames(byOther)
 	// wrongSig: the signature bytes of another overlay by the same key.
-	_, ufr := frames(packSigned(t, wd.diff, PackOptions{Codec: "xz"}, k))
+	_, ufr := frames(packSigned(t, wd.diff, PackOptions{Codec: "xz", NoManifest: true}, k))
 	otherSig := ufr[len(ufr)-2]
 
 	pol := VerifyOptions{Trusted: ring(k), TrustedFrom: "test"}

@@ -1,0 +1,317 @@
+package overlay
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"sort"
+
+	"cloudlet/format"
+)
+
+// The order in which Pack packs records (SPEC.md section 5): the stream's
+// own (offset order), or first touched first (access order).
+
+// source yields the records of a diff stream in the order they are
+// packed.
+type source interface {
+	// next returns the next record, and whether it goes into an early
+	// (small) segment; io.EOF after the last. The record is valid until
+	// the next call.
+	next() (rec *format.Record, early bool, err error)
+	// order is format.OrderOffset or format.OrderAccess.
+	order() string
+	close()
+}
+
+func newSource(r *format.Reader, h *format.Header, o *PackOptions) (source, error) {
+	if o.Order != format.OrderAccess {
+		return &offsetSource{r: r}, nil
+	}
+	return newAccessSource(r, h, o)
+}
+
+// offsetSource passes the records on as they come.
+type offsetSource struct{ r *format.Reader }
+
+func (s *offsetSource) next() (*format.Record, bool, error) {
+	for {
+		off := s.r.Offset()
+		rec, err := s.r.Next()
+		if err != nil {
+			return nil, false, err
+		}
+		if rec.Type == format.TypeManifest {
+			continue // of the diff stream; the overlay gets its own
+		}
+		return rec, false, checkRecordSize(rec, off)
+	}
+}
+
+func (s *offsetSource) order() string { return format.OrderOffset }
+func (s *offsetSource) close()        {}
+
+// noRank is the rank of a record no access touched.
+const noRank = math.MaxInt64
+
+// spooled is a record of the diff stream kept in the spool file.
+type spooled struct {
+	at     int64  // offset of its frame in the spool file
+	size   int64  // of the frame
+	dev    bool   // DEVSTATE
+	space  uint8  // of the range it writes; 0: none
+	off, n uint64 // the range it writes
+	src    uint8  // COPY from this stream: the space it reads (SpaceMem, SpaceDisk); else 0
+	srcOff uint64 // where it reads
+}
+
+// accessSource spools the whole diff stream to a temporary file, then
+// yields its records in access order: DEVSTATE first, in order; then the
+// records whose ranges the access log lists, by the rank of their first
+// access (a COPY from this stream no earlier than the records it reads
+// from, ties in stream order); then the rest in stream order.
+type accessSource struct {
+	f     *os.File
+	recs  []spooled
+	seq   []int32 // indices into recs in packing order
+	early int     // the first early records of seq go into early segments
+	ord   string
+	k     int // records returned so far
+	br    *format.Reader
+}
+
+func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions) (src *accessSource, err error) {
+	mem, disk, err := accessRanks(o.Access, o.AccessFile, h)
+	if err != nil {
+		return nil, err
+	}
+	f, err := tempFile(o.TempDir, "overlay-pack-diff-")
+	if err != nil {
+		return nil, err
+	}
+	s := &accessSource{f: f}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	if err := s.spool(r); err != nil {
+		return nil, err
+	}
+	rank := s.ranks(&mem, &disk)
+	s.seq = make([]int32, len(s.recs))
+	touched := false
+	for i := range s.seq {
+		s.seq[i] = int32(i)
+		touched = touched || (!s.recs[i].dev && rank[i] != noRank)
+	}
+	s.ord = format.OrderAccess
+	if !touched {
+		s.ord = format.OrderOffset
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, "overlay-pack: no record of the diff stream writes a range the access log %s lists; packing in offset order\n", o.AccessFile)
+		}
+	} else {
+		slices.SortStableFunc(s.seq, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
+		for s.early < len(s.seq) && rank[s.seq[s.early]] != noRank {
+			s.early++
+		}
+	}
+	// The records are read back through a Reader with a fresh Validator:
+	// it checks their frames again and that the new order keeps the
+	// stream's invariants (a COPY from this stream after its source).
+	s.br = format.NewBodyStreamReader(&seqReader{s: s}, format.NewValidator(h))
+	return s, nil
+}
+
+// spool copies the records of r to the spool file.
+func (s *accessSource) spool(r *format.Reader) error {
+	bw := format.NewBodyWriter(s.f)
+	in := &offsetSource{r: r}
+	for {
+		rec, _, err := in.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		at := int64(bw.Bytes())
+		if err := bw.WriteRecord(rec); err != nil {
+			return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
+		}
+		sp := spooled{at: at, size: int64(bw.Bytes()) - at, dev: rec.Type == format.TypeDevState}
+		if space, o, n, ok := target(rec); ok {
+			sp.space, sp.off, sp.n = space, o, n
+		}
+		if c, err := rec.CopyRecord(); err == nil && (c.Source == format.SourceStreamMem || c.Source == format.SourceStreamDisk) {
+			sp.src, sp.srcOff = format.SpaceMem, c.SourceOffset
+			if c.Source == format.SourceStreamDisk {
+				sp.src = format.SpaceDisk
+			}
+		}
+		s.recs = append(s.recs, sp)
+	}
+	if err := bw.Close(); err != nil {
+		return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
+	}
+	return nil
+}
+
+// ranks returns the rank of every record: -1 for DEVSTATE, the index of
+// the first access that overlaps what it writes, noRank if none; a COPY
+// from this stream gets at least the ranks of the records it reads from
+// (they come before it in the stream, so theirs are known).
+func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
+	type written struct {
+		off, end uint64
+		i        int
+	}
+	var by [3][]written // by space
+	for i, r := range s.recs {
+		if r.space != 0 {
+			by[r.space] = append(by[r.space], written{r.off, r.off + r.n, i})
+		}
+	}
+	for _, ws := range by {
+		slices.SortFunc(ws, func(a, b written) int { return cmp.Compare(a.off, b.off) })
+	}
+	rank := make([]int64, len(s.recs))
+	for i, r := range s.recs {
+		switch {
+		case r.dev:
+			rank[i] = -1
+			continue
+		case r.space == format.SpaceMem:
+			rank[i] = mem.lookup(r.off, r.n)
+		case r.space == format.SpaceDisk:
+			rank[i] = disk.lookup(r.off, r.n)
+		default:
+			rank[i] = noRank
+		}
+		if r.src == 0 || rank[i] == noRank {
+			continue
+		}
+		ws := by[r.src]
+		j := sort.Search(len(ws), func(j int) bool { return ws[j].end > r.srcOff })
+		for ; j < len(ws) && ws[j].off < r.srcOff+r.n; j++ {
+			rank[i] = max(rank[i], rank[ws[j].i])
+		}
+	}
+	return rank
+}
+
+func (s *accessSource) next() (*format.Record, bool, error) {
+	rec, err := s.br.Next()
+	if err == io.EOF {
+		return nil, false, io.EOF
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("overlay: the records in access order do not read back (a bug in overlay-pack, or the spool file %s is damaged): %w", s.f.Name(), err)
+	}
+	early := s.k < s.early
+	s.k++
+	return rec, early, nil
+}
+
+func (s *accessSource) order() string { return s.ord }
+func (s *accessSource) close()        { s.f.Close() }
+
+// seqReader reads the spooled frames in packing order.
+type seqReader struct {
+	s    *accessSource
+	k    int // next index into s.seq
+	at   int64
+	left int64
+}
+
+func (q *seqReader) Read(p []byte) (int, error) {
+	for q.left == 0 {
+		if q.k == len(q.s.seq) {
+			return 0, io.EOF
+		}
+		r := q.s.recs[q.s.seq[q.k]]
+		q.at, q.left = r.at, r.size
+		q.k++
+	}
+	n, err := q.s.f.ReadAt(p[:min(int64(len(p)), q.left)], q.at)
+	q.at += int64(n)
+	q.left -= int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	} else if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// rankMap gives the rank of the first access to any part of a range: the
+// access log's ranges cut the space into elementary intervals [b[i],
+// b[i+1]), each with the smallest rank of the accesses covering it.
+type rankMap struct {
+	b []uint64
+	r []int64 // r[i] is the rank of [b[i], b[i+1]); noRank if none
+}
+
+// accessRanks checks the access log against the VM of h and returns the
+// rank maps of memory and disk.
+func accessRanks(l *format.AccessLog, file string, h *format.Header) (mem, disk rankMap, err error) {
+	type ranked struct {
+		off, end uint64
+		rank     int64
+	}
+	var m, d []ranked
+	for i, a := range l.Accesses {
+		size, what, list := h.VM.MemSize, "memory", &m
+		if a.Space == format.AccessDisk {
+			size, what, list = h.VM.DiskSize, "disk", &d
+		}
+		if a.Offset > size || a.Length > size-a.Offset {
+			return rankMap{}, rankMap{}, fmt.Errorf("access log %s: access %d (%s %d+%d) lies outside the VM's %d bytes of %s: is it the access log of another VM?", file, i, a.Space, a.Offset, a.Length, size, what)
+		}
+		*list = append(*list, ranked{a.Offset, a.Offset + a.Length, int64(i)})
+	}
+	build := func(acc []ranked) rankMap {
+		var rm rankMap
+		for _, a := range acc {
+			rm.b = append(rm.b, a.off, a.end)
+		}
+		slices.Sort(rm.b)
+		rm.b = slices.Compact(rm.b)
+		rm.r = make([]int64, len(rm.b))
+		next := make([]int, len(rm.b)) // the first interval >= i without a rank yet
+		for i := range rm.r {
+			rm.r[i], next[i] = noRank, i
+		}
+		find := func(i int) int {
+			for next[i] != i {
+				next[i] = next[next[i]]
+				i = next[i]
+			}
+			return i
+		}
+		for _, a := range acc { // in rank order: the first to cover an interval wins
+			lo, _ := slices.BinarySearch(rm.b, a.off)
+			hi, _ := slices.BinarySearch(rm.b, a.end)
+			for i := find(lo); i < hi; i = find(i) {
+				rm.r[i], next[i] = a.rank, i+1
+			}
+		}
+		return rm
+	}
+	return build(m), build(d), nil
+}
+
+// lookup returns the smallest rank of the intervals [off, off+n) overlaps.
+func (rm *rankMap) lookup(off, n uint64) int64 {
+	best := int64(noRank)
+	last := len(rm.b) - 1 // intervals are 0..last-1
+	i := sort.Search(last, func(i int) bool { return rm.b[i+1] > off })
+	for ; i < last && rm.b[i] < off+n; i++ {
+		best = min(best, rm.r[i])
+	}
+	return best
+}
