@@ -19,6 +19,10 @@ import (
 
 // signedOverlay packs the diff setup packs, signed with k.
 func signedOverlay(t *testing.T, k *sign.PrivateKey) []byte {
+	return signedOverlayWith(t, k, overlay.PackOptions{})
+}
+
+func signedOverlayWith(t *testing.T, k *sign.PrivateKey, o overlay.PackOptions) []byte {
 	t.Helper()
 	var diff bytes.Buffer
 	w := format.NewWriter(&diff)
@@ -32,7 +36,7 @@ func signedOverlay(t *testing.T, k *sign.PrivateKey) []byte {
 	var out bytes.Buffer
 	hw := sign.NewHashWriter(&out)
 	err := cliutil.Filter("overlay-pack", &diff, hw, func(r *format.Reader, w *format.Writer) error {
-		return overlay.PackSigned(context.Background(), r, w, hw, overlay.PackOptions{}, k)
+		return overlay.PackSigned(context.Background(), r, w, hw, o, k)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -108,5 +112,69 @@ func TestTrustedKeys(t *testing.T) {
 	err := run(context.Background(), []string{"overlay-apply", "--base", dir, "--trusted-keys", keys}, bytes.NewReader(alt), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), trusted.ID) || !strings.Contains(err.Error(), "does not verify") || cliutil.ExitCode(err) != 3 {
 		t.Errorf("altered signature: %v (exit %d); want a refusal naming %s, exit 3", err, cliutil.ExitCode(err), trusted.ID)
+	}
+}
+
+// outputManifest returns the MANIFEST of overlay-apply's output, if any.
+func outputManifest(t *testing.T, out []byte) *format.Manifest {
+	t.Helper()
+	r := format.NewReader(bytes.NewReader(out))
+	h, err := r.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := r.Next()
+	if err != nil || rec.Type != format.TypeManifest {
+		return nil
+	}
+	m, err := rec.ManifestRecord(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestOutputManifest: the output's MANIFEST names the key of a verified
+// head; with --require-signature, an overlay whose head is not signed (an
+// older overlay-pack's) applies without one, so it cannot start early.
+func TestOutputManifest(t *testing.T) {
+	dir, _, ov := setup(t)
+	keys := t.TempDir()
+	k, _ := sign.Generate(nil)
+	if err := sign.WriteKeyPair(filepath.Join(keys, "alice"), k); err != nil {
+		t.Fatal(err)
+	}
+	signed := signedOverlay(t, k)
+	old := signedOverlayWith(t, k, overlay.PackOptions{NoManifest: true})
+	trust := []string{"--trusted-keys", keys}
+	require := []string{"--trusted-keys", keys, "--require-signature"}
+	for _, tc := range []struct {
+		name   string
+		in     []byte
+		args   []string
+		signer string // of the output MANIFEST; "-": none
+		stderr string
+	}{
+		{"unsigned", ov, nil, "", ""},
+		{"signed, not checked", signed, nil, "", ""},
+		{"signed, checked", signed, trust, k.ID, "head included"},
+		{"signed, required", signed, require, k.ID, "head included"},
+		{"old-style signed, required", old, require, "-", "no MANIFEST"},
+	} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), append([]string{"overlay-apply", "--base", dir}, tc.args...), bytes.NewReader(tc.in), &out, &errb)
+		if err != nil || !complete(out.Bytes()) {
+			t.Fatalf("%s: %v (%s)", tc.name, err, errb.String())
+		}
+		m := outputManifest(t, out.Bytes())
+		switch {
+		case tc.signer == "-" && m != nil:
+			t.Errorf("%s: output MANIFEST %+v; want none", tc.name, m)
+		case tc.signer != "-" && (m == nil || m.Signer != tc.signer || len(m.Mem) == 0):
+			t.Errorf("%s: output MANIFEST %+v; want one with signer %q", tc.name, m, tc.signer)
+		}
+		if !strings.Contains(errb.String(), tc.stderr) {
+			t.Errorf("%s: stderr %q; want %q in it", tc.name, errb.String(), tc.stderr)
+		}
 	}
 }

@@ -236,7 +236,7 @@ func (a *applier) run(r *format.Reader, workers int) error {
 		return fmt.Errorf("%s: END carries no sha256, so it cannot be verified; make it again with %s", a.what, a.maker)
 	}
 	if err := r.Validator().CheckPromised(); err != nil {
-		return &format.CorruptError{Offset: r.Offset(), Type: format.TypeManifest, Err: err}
+		return &format.CorruptError{Offset: r.Offset(), Type: format.TypeManifest, Err: fmt.Errorf("%s: %w", a.what, err)}
 	}
 	if index != nil {
 		if err := a.checkIndex(index); err != nil {
@@ -280,8 +280,8 @@ func (a *applier) allListed(off int64) error {
 		return nil
 	}
 	return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
-		"%w: segment %d is missing at offset %d: the MANIFEST lists %d segments, the %s has %d",
-		format.ErrMalformed, len(a.read), off, len(a.man.Segments), a.what, len(a.read))}
+		"segment %d is missing at offset %d: the MANIFEST lists %d segments, the %s has %d (%w)",
+		len(a.read), off, len(a.man.Segments), a.what, len(a.read), format.ErrMalformed)}
 }
 
 // checkListed compares a SEGMENT payload with its entry in the MANIFEST,
@@ -292,8 +292,8 @@ func (a *applier) checkListed(seq int, off int64, payload []byte, raw uint32) er
 	}
 	bad := func(f string, args ...any) error {
 		return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
-			"%w: segment %d (SEGMENT frame at offset %d) does not match the MANIFEST: %s; the %s was altered or damaged",
-			format.ErrMalformed, seq, off, fmt.Sprintf(f, args...), a.what)}
+			"segment %d (SEGMENT frame at offset %d) does not match the MANIFEST: %s; the %s was altered or damaged (%w)",
+			seq, off, fmt.Sprintf(f, args...), a.what, format.ErrMalformed)}
 	}
 	if seq >= len(a.man.Segments) {
 		return bad("the MANIFEST lists only %d segments", len(a.man.Segments))
@@ -408,8 +408,8 @@ func (a *applier) emitOldest() error {
 	if a.man != nil {
 		if m := a.man.Segments[j.seq]; !ranges(m.Mem).covers(s.Mem) || !ranges(m.Disk).covers(s.Disk) {
 			return &format.CorruptError{Offset: j.offset, Type: format.TypeSegment, Err: fmt.Errorf(
-				"%w: segment %d (SEGMENT frame at offset %d) writes memory or disk ranges its MANIFEST entry does not list",
-				format.ErrMalformed, j.seq, j.offset)}
+				"segment %d (SEGMENT frame at offset %d) writes memory or disk ranges its MANIFEST entry does not list (%w)",
+				j.seq, j.offset, format.ErrMalformed)}
 		}
 	}
 	a.free = append(a.free, j.comp, j.raw)

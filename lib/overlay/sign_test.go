@@ -41,11 +41,16 @@ func packSigned(t testing.TB, diff []byte, o PackOptions, k *sign.PrivateKey) []
 // error and whether the output stream ends in a valid END (which would let
 // vm-resume start the guest).
 func applyVerified(ov []byte, b Base, vo VerifyOptions) (error, bool) {
+	err, out := applyVerifiedOut(ov, b, vo)
+	return err, complete(out)
+}
+
+// applyVerifiedOut is applyVerified returning the output.
+func applyVerifiedOut(ov []byte, b Base, vo VerifyOptions) (error, []byte) {
 	var out bytes.Buffer
 	v := NewVerifier(bytes.NewReader(ov), vo)
-	opened := false
 	err := cliutil.Filter("overlay-apply", v, &out, func(r *format.Reader, w *format.Writer) error {
-		err := Apply(context.Background(), r, w, func(string) (Base, error) { opened = true; return b, nil }, ApplyOptions{})
+		err := Apply(context.Background(), r, w, func(string) (Base, error) { return b, nil }, ApplyOptions{Verifier: v})
 		if verr := v.Err(); verr != nil {
 			return verr
 		}
@@ -54,15 +59,19 @@ func applyVerified(ov []byte, b Base, vo VerifyOptions) (error, bool) {
 		}
 		return v.Check()
 	})
-	r := format.NewReader(bytes.NewReader(out.Bytes()))
+	return err, out.Bytes()
+}
+
+// complete reports whether a stream reads to a valid END.
+func complete(b []byte) bool {
+	r := format.NewReader(bytes.NewReader(b))
 	for {
-		_, rerr := r.Next()
-		if rerr == io.EOF {
-			return err, true
+		_, err := r.Next()
+		if err == io.EOF {
+			return true
 		}
-		if rerr != nil {
-			_ = opened
-			return err, false
+		if err != nil {
+			return false
 		}
 	}
 }
