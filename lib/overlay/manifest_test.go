@@ -205,8 +205,7 @@ func TestManifestRoundTrip(t *testing.T) {
 		if !slices.Equal(om.Mem, mem.normalize(0)) || !slices.Equal(om.Disk, disk.normalize(0)) || om.Order != format.OrderOffset || om.Signer != "" || len(om.Segments) != 0 {
 			t.Errorf("output MANIFEST %+v; want mem %v, disk %v, order offset, no signer", om, mem, disk)
 		}
-		gmem, gdisk, dev, _ := replayCopies(t, out.Bytes(), wd.base, copies)
-		if !bytes.Equal(gmem, wd.mem) || !bytes.Equal(gdisk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+		if !wd.same(t, out.Bytes(), copies) {
 			t.Errorf("overlay with a MANIFEST applies to a different VM")
 		}
 	}
@@ -343,8 +342,7 @@ func TestAccessOrder(t *testing.T) {
 		if err := apply(ov, wd.base, &out); err != nil {
 			t.Fatalf("Apply = %v", err)
 		}
-		mem, disk, dev := replay(t, out.Bytes(), wd.base)
-		if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+		if !wd.same(t, out.Bytes(), false) {
 			t.Errorf("overlay applies to a different VM")
 		}
 		_, recs := readOutput(t, out.Bytes())
@@ -571,8 +569,7 @@ func TestHeadSignature(t *testing.T) {
 		if (m != nil) != tc.manifest || (m != nil && m.Signer != "") {
 			t.Errorf("old-style signed overlay, require %v: output MANIFEST %+v; want one %v, without signer", tc.vo.Require, m, tc.manifest)
 		}
-		mem, disk, dev := replay(t, out, wd.base)
-		if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+		if !wd.same(t, out, false) {
 			t.Errorf("old-style signed overlay applies to a different VM")
 		}
 	}

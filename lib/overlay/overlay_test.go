@@ -262,6 +262,14 @@ func replayCopies(t *testing.T, stream []byte, b *memBase, copies bool) (mem, di
 	}
 }
 
+// same reports whether Apply's output out (COPY records kept if copies)
+// turns the base into the VM the diff describes.
+func (wd *world) same(t *testing.T, out []byte, copies bool) bool {
+	t.Helper()
+	mem, disk, dev, _ := replayCopies(t, out, wd.base, copies)
+	return bytes.Equal(mem, wd.mem) && bytes.Equal(disk, wd.disk) && bytes.Equal(dev, wd.devstate)
+}
+
 func TestRoundTrip(t *testing.T) {
 	wd := makeWorld(t)
 	for _, o := range []PackOptions{
@@ -286,11 +294,11 @@ func TestRoundTrip(t *testing.T) {
 			if err := applyWith(ov, wd.base, &kept, ApplyOptions{KeepCopies: true}); err != nil {
 				t.Fatalf("Apply with KeepCopies = %v", err)
 			}
-			mem, disk, dev, n := replayCopies(t, kept.Bytes(), wd.base, true)
+			_, _, _, n := replayCopies(t, kept.Bytes(), wd.base, true)
 			if n == 0 || kept.Len() >= out.Len() {
 				t.Errorf("KeepCopies passed %d COPY records, output %d bytes vs %d resolved; want copies and a smaller stream", n, kept.Len(), out.Len())
 			}
-			if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+			if !wd.same(t, kept.Bytes(), true) {
 				t.Errorf("overlay applied with KeepCopies differs from base+diff")
 			}
 		})

@@ -106,8 +106,7 @@ func TestSignedRoundTrip(t *testing.T) {
 		if err := apply(ov, wd.base, &out); err != nil {
 			t.Fatalf("apply without a policy = %v", err)
 		}
-		mem, disk, dev := replay(t, out.Bytes(), wd.base)
-		if !bytes.Equal(mem, wd.mem) || !bytes.Equal(disk, wd.disk) || !bytes.Equal(dev, wd.devstate) {
+		if !wd.same(t, out.Bytes(), false) {
 			t.Errorf("signed overlay applies to a different VM")
 		}
 	}
