@@ -112,7 +112,7 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions) (src *a
 	if !touched {
 		s.ord = format.OrderOffset
 		if o.Log != nil {
-			fmt.Fprintf(o.Log, "overlay-pack: no record of the diff stream writes a range the access log %s lists; packing in offset order\n", o.AccessFile)
+			fmt.Fprintf(o.Log, "overlay-pack: access log %s: no record of the diff stream goes first (none writes a range the log lists, or only COPY records from data it does not list); packing in offset order\n", o.AccessFile)
 		}
 	} else {
 		slices.SortStableFunc(s.seq, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
