@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"runtime"
@@ -54,6 +53,7 @@ type applyJob struct {
 	comp   []byte
 	raw    []byte
 	rawLen int
+	sha256 []byte // the MANIFEST's for this segment, nil without one
 	err    error
 	done   chan struct{}
 }
@@ -72,7 +72,6 @@ type applier struct {
 	out     *format.Header   // of the output, written after the overlay's head
 	ver     *Verifier        // the overlay is read through it, if not nil
 	man     *format.Manifest // the overlay's MANIFEST, if any
-	sha     hash.Hash        // of SEGMENT payloads, to compare with the MANIFEST
 	jobs    chan *applyJob
 	pending []*applyJob
 	free    [][]byte
@@ -185,7 +184,6 @@ func (a *applier) run(r *format.Reader, workers int) error {
 				s := &a.man.Segments[i]
 				s.Mem, s.Disk = ranges(s.Mem).normalize(0), ranges(s.Disk).normalize(0)
 			}
-			a.sha = sha256.New()
 			continue
 		}
 		if head {
@@ -284,30 +282,27 @@ func (a *applier) allListed(off int64) error {
 		len(a.read), off, len(a.man.Segments), a.what, len(a.read), format.ErrMalformed)}
 }
 
-// checkListed compares a SEGMENT payload with its entry in the MANIFEST,
-// before anything decompresses it.
+// checkListed compares a SEGMENT with its entry in the MANIFEST (its
+// sha256 is the worker's to check, before it decompresses the segment).
 func (a *applier) checkListed(seq int, off int64, payload []byte, raw uint32) error {
 	if a.man == nil {
 		return nil
 	}
-	bad := func(f string, args ...any) error {
-		return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
-			"segment %d (SEGMENT frame at offset %d) does not match the MANIFEST: %s; the %s was altered or damaged (%w)",
-			seq, off, fmt.Sprintf(f, args...), a.what, format.ErrMalformed)}
-	}
 	if seq >= len(a.man.Segments) {
-		return bad("the MANIFEST lists only %d segments", len(a.man.Segments))
+		return a.unlisted(seq, off, "the MANIFEST lists only %d segments", len(a.man.Segments))
 	}
 	want := a.man.Segments[seq]
 	if uint64(len(payload)) != want.Size || uint64(raw) != want.Raw {
-		return bad("%d bytes (%d raw), the MANIFEST says %d (%d raw)", len(payload), raw, want.Size, want.Raw)
-	}
-	a.sha.Reset()
-	a.sha.Write(payload)
-	if got := a.sha.Sum(nil); !bytes.Equal(got, want.SHA256) {
-		return bad("sha256 %x, the MANIFEST says %x", got, want.SHA256)
+		return a.unlisted(seq, off, "%d bytes (%d raw), the MANIFEST says %d (%d raw)", len(payload), raw, want.Size, want.Raw)
 	}
 	return nil
+}
+
+// unlisted is the error for a segment that does not match the MANIFEST.
+func (a *applier) unlisted(seq int, off int64, f string, args ...any) error {
+	return &format.CorruptError{Offset: off, Type: format.TypeSegment, Err: fmt.Errorf(
+		"segment %d (SEGMENT frame at offset %d) does not match the MANIFEST: %s; the %s was altered or damaged (%w)",
+		seq, off, fmt.Sprintf(f, args...), a.what, format.ErrMalformed)}
 }
 
 func (a *applier) cleanup() {
@@ -319,7 +314,23 @@ func (a *applier) cleanup() {
 }
 
 func (a *applier) worker() {
+	h := sha256.New()
 	for j := range a.jobs {
+		if j.sha256 != nil {
+			// The SEGMENT payload: Codec || Reserved (zero, checked) ||
+			// RawLength || Compressed.
+			var head [8]byte
+			head[0] = j.codec
+			binary.LittleEndian.PutUint32(head[4:], uint32(j.rawLen))
+			h.Reset()
+			h.Write(head[:])
+			h.Write(j.comp)
+			if got := h.Sum(nil); !bytes.Equal(got, j.sha256) {
+				j.err = a.unlisted(j.seq, j.offset, "sha256 %x, the MANIFEST says %x", got, j.sha256)
+				close(j.done)
+				continue
+			}
+		}
 		j.raw, j.err = codec.DecompressInto(j.codec, j.raw, j.comp, j.rawLen)
 		close(j.done)
 	}
@@ -358,6 +369,9 @@ func (a *applier) submit(rec *format.Record, off int64) error {
 	d.Write(head[:])
 	d.Write(rec.Payload)
 	j := &applyJob{seq: len(a.read), offset: off, check: d.Sum64(), codec: s.Codec, rawLen: int(s.RawLength), done: make(chan struct{})}
+	if a.man != nil {
+		j.sha256 = a.man.Segments[j.seq].SHA256
+	}
 	j.comp = append(a.buffer(len(s.Compressed)), s.Compressed...)
 	j.raw = a.buffer(j.rawLen)
 	a.read = append(a.read, format.SegmentInfo{Offset: uint64(off), Size: uint64(len(s.Compressed)), Raw: uint64(s.RawLength), Check: j.check})
@@ -373,6 +387,10 @@ func (a *applier) emitOldest() error {
 	case <-j.done:
 	case <-a.ctx.Done():
 		return a.ctx.Err()
+	}
+	var unlisted *format.CorruptError
+	if errors.As(j.err, &unlisted) {
+		return j.err // the worker refused it before decompressing
 	}
 	if j.err != nil {
 		return &format.CorruptError{Offset: j.offset, Frame: 0, Type: format.TypeSegment,

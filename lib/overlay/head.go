@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
@@ -14,6 +13,8 @@ import (
 
 	"cloudlet/format"
 	"cloudlet/lib/sign"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // The head of an overlay (SPEC.md sections 2.10 and 6.1): HEADER, SIGNER
@@ -118,6 +119,7 @@ type segSpool struct {
 	f    *os.File
 	bw   *bufio.Writer
 	segs []format.ManifestSegment
+	xx   []uint64 // xxhash64 of each payload, to check it when read back
 }
 
 func newSegSpool(dir string) (*segSpool, error) {
@@ -130,20 +132,40 @@ func newSegSpool(dir string) (*segSpool, error) {
 
 func (s *segSpool) close() { s.f.Close() }
 
-// add spools the payload of a SEGMENT frame: Codec u8 || Reserved [3]byte
-// || RawLength u32 || Compressed (SPEC.md section 2.5).
-func (s *segSpool) add(c uint8, raw uint32, comp []byte, mem, disk ranges) error {
-	var head [8]byte
-	head[0] = c
-	binary.LittleEndian.PutUint32(head[4:], raw)
-	h := sha256.New()
+// payloadSums are the sha256 (for the MANIFEST) and xxhash64 (to check
+// the spool file) of a SEGMENT payload.
+type payloadSums struct {
+	sha256 []byte
+	xx     uint64
+}
+
+// sumPayload hashes the payload of a SEGMENT frame: Codec u8 || Reserved
+// [3]byte || RawLength u32 || Compressed (SPEC.md section 2.5).
+func sumPayload(c uint8, raw uint32, comp []byte) *payloadSums {
+	head := segmentHead(c, raw)
+	h, x := sha256.New(), xxhash.New()
 	h.Write(head[:])
 	h.Write(comp)
+	x.Write(head[:])
+	x.Write(comp)
+	return &payloadSums{sha256: h.Sum(nil), xx: x.Sum64()}
+}
+
+func segmentHead(c uint8, raw uint32) (head [8]byte) {
+	head[0] = c
+	binary.LittleEndian.PutUint32(head[4:], raw)
+	return head
+}
+
+// add spools the payload of a SEGMENT frame.
+func (s *segSpool) add(c uint8, raw uint32, comp []byte, sums *payloadSums, mem, disk ranges) error {
+	head := segmentHead(c, raw)
 	s.bw.Write(head[:])
 	if _, err := s.bw.Write(comp); err != nil {
 		return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
 	}
-	s.segs = append(s.segs, format.ManifestSegment{Size: uint64(len(head) + len(comp)), Raw: uint64(raw), SHA256: h.Sum(nil), Mem: mem, Disk: disk})
+	s.segs = append(s.segs, format.ManifestSegment{Size: uint64(len(head) + len(comp)), Raw: uint64(raw), SHA256: sums.sha256, Mem: mem, Disk: disk})
+	s.xx = append(s.xx, sums.xx)
 	return nil
 }
 
@@ -153,8 +175,8 @@ func (s *segSpool) manifest(order string) *format.Manifest {
 }
 
 // copyOut passes every spooled segment to write, in order, after checking
-// it against its sha256 in the manifest (the spool file is on a disk that
-// could fail).
+// that it reads back as written (the spool file is on a disk that could
+// fail, and the MANIFEST already vouches for its sha256).
 func (s *segSpool) copyOut(write func(c uint8, raw uint32, comp []byte, mem, disk ranges) error) error {
 	if err := s.bw.Flush(); err != nil {
 		return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
@@ -169,8 +191,8 @@ func (s *segSpool) copyOut(write func(c uint8, raw uint32, comp []byte, mem, dis
 		if _, err := io.ReadFull(br, buf); err != nil {
 			return fmt.Errorf("reading spool file %s, segment %d: %w", s.f.Name(), i, err)
 		}
-		if sum := sha256.Sum256(buf); !bytes.Equal(sum[:], m.SHA256) {
-			return fmt.Errorf("spool file %s: segment %d changed since it was written (sha256 mismatch): the storage of the temporary folder is failing", s.f.Name(), i)
+		if xxhash.Sum64(buf) != s.xx[i] {
+			return fmt.Errorf("spool file %s: segment %d changed since it was written: the storage of the temporary folder is failing", s.f.Name(), i)
 		}
 		rec := format.Record{Type: format.TypeSegment, Flags: format.FlagCritical, Payload: buf}
 		seg, err := rec.SegmentRecord()

@@ -128,6 +128,7 @@ type packJob struct {
 	rng   segRanges
 	codec uint8
 	comp  []byte
+	sums  *payloadSums // when spooled: of the SEGMENT payload (computed by the worker)
 	err   error
 	done  chan struct{}
 }
@@ -321,6 +322,9 @@ func (p *packer) buffer() []byte {
 func (p *packer) worker() {
 	for j := range p.jobs {
 		j.comp, j.err = codec.Compress(j.codec, p.o.Level, j.comp, j.raw)
+		if j.err == nil && p.spool != nil {
+			j.sums = sumPayload(j.codec, uint32(len(j.raw)), j.comp)
+		}
 		close(j.done)
 	}
 }
@@ -394,7 +398,10 @@ func (p *packer) writeOldest() error {
 	mem, disk := j.rng.mem.normalize(0), j.rng.disk.normalize(0)
 	var err error
 	if p.spool != nil {
-		err = p.spool.add(j.codec, uint32(len(j.raw)), j.comp, mem, disk)
+		if j.sums == nil { // compressed by "auto" while it decided
+			j.sums = sumPayload(j.codec, uint32(len(j.raw)), j.comp)
+		}
+		err = p.spool.add(j.codec, uint32(len(j.raw)), j.comp, j.sums, mem, disk)
 	} else {
 		err = p.writeSegment(j.codec, uint32(len(j.raw)), j.comp, mem, disk)
 	}
