@@ -319,9 +319,7 @@ func (a *applier) worker() {
 		if j.sha256 != nil {
 			// The SEGMENT payload: Codec || Reserved (zero, checked) ||
 			// RawLength || Compressed.
-			var head [8]byte
-			head[0] = j.codec
-			binary.LittleEndian.PutUint32(head[4:], uint32(j.rawLen))
+			head := segmentHead(j.codec, uint32(j.rawLen))
 			h.Reset()
 			h.Write(head[:])
 			h.Write(j.comp)
