@@ -245,6 +245,10 @@ func TestManifestRefusals(t *testing.T) {
 	seg1 := bytes.Clone(payloadOf(ov, first+1))
 	seg1[len(seg1)/2] ^= 0x20
 	last := len(m.Segments) - 1
+	withMem := slices.IndexFunc(m.Segments, func(s format.ManifestSegment) bool { return len(s.Mem) > 0 })
+	if withMem < 0 {
+		t.Fatal("no segment writes memory")
+	}
 	for _, tc := range []struct {
 		name string
 		ov   []byte
@@ -254,7 +258,7 @@ func TestManifestRefusals(t *testing.T) {
 		{"sha256 changed in the MANIFEST", lie(func(m *format.Manifest) { m.Segments[2].SHA256[0] ^= 1 }), []string{"segment 2 ", "sha256"}},
 		{"raw size changed in the MANIFEST", lie(func(m *format.Manifest) { m.Segments[0].Raw-- }), []string{"segment 0 ", "raw"}},
 		{"a range missing from the MANIFEST", lie(func(m *format.Manifest) { m.Segments[last].Disk = m.Segments[last].Disk[1:] }), []string{fmt.Sprintf("segment %d ", last), "is not in the stream's MANIFEST"}},
-		{"a range too short in the MANIFEST", lie(func(m *format.Manifest) { m.Segments[0].Mem[0][1] -= format.PageSize }), []string{"segment 0 ", "is not in the stream's MANIFEST"}},
+		{"a range too short in the MANIFEST", lie(func(m *format.Manifest) { m.Segments[withMem].Mem[0][1] -= format.PageSize }), []string{fmt.Sprintf("segment %d ", withMem), "is not in the stream's MANIFEST"}},
 		{"ranges of two segments swapped", lie(func(m *format.Manifest) {
 			s := m.Segments
 			s[0].Mem, s[0].Disk, s[1].Mem, s[1].Disk = s[1].Mem, s[1].Disk, s[0].Mem, s[0].Disk
@@ -323,6 +327,15 @@ func TestAccessOrder(t *testing.T) {
 		{Type: format.TypeCopy, Space: M, Off: 9 * P, Len: 2 * P, Source: format.SourceStreamMem},
 		{Type: format.TypeMem, Space: M, Off: 12 * P, Len: P}, // the DELTA, resolved
 	}
+	// The disk's start comes right after the device state (StartDisk).
+	start := 1
+	for start < len(recs) && recs[start].Space == D && recs[start].Off < StartDisk {
+		start++
+	}
+	if start == 1 {
+		t.Errorf("output starts %v; want the records of the disk's first %d bytes after the DEVSTATE", recs[:min(len(recs), 4)], StartDisk)
+	}
+	recs = slices.DeleteFunc(recs, func(r outRecord) bool { return r.Space == D && r.Off < StartDisk })
 	if len(recs) < len(want) || !slices.Equal(recs[:len(want)], want) {
 		t.Fatalf("output starts %v; want %v", recs[:min(len(recs), len(want)+2)], want)
 	}
@@ -363,36 +376,56 @@ func cmpRecords(a, b outRecord) int {
 	return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Space, b.Space), cmp.Compare(a.Off, b.Off), cmp.Compare(a.Len, b.Len))
 }
 
-// TestAccessSegments: the touched records go into small segments, the
-// rest into normal ones; no segment mixes the two, no record is split.
+// TestAccessSegments: the device state, the disk's start (StartDisk) and
+// the touched records go into small segments, the rest into normal ones
+// after them; no segment mixes the two, no record is split.
 func TestAccessSegments(t *testing.T) {
 	wd := makeWorld(t)
 	const P = 4096
-	touchedMem := [][2]uint64{{0, 4 * P}, {9 * P, 2 * P}, {12 * P, P}}
-	touchedDisk := [][2]uint64{{1 << 19, 200 * 1024}}
-	for _, tc := range []struct {
-		early int
-		want  []format.SegmentInfo // Raw is an upper bound
-	}{
-		{0, []format.SegmentInfo{{Raw: DefaultEarlySegmentSize, Mem: touchedMem, Disk: touchedDisk}, {Raw: DefaultSegmentSize}}},
-		{MinSegmentSize, []format.SegmentInfo{
-			{Raw: 1024},                            // DEVSTATE: the DISK record after it does not fit
-			{Raw: 210 * 1024, Disk: touchedDisk},   // larger than the segment size, not split
-			{Raw: MinSegmentSize, Mem: touchedMem}, // MEM at 0, the COPY, the DELTA
-			{Raw: DefaultSegmentSize}}},
-	} {
-		o := PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: worldLog(), AccessFile: "world.json", EarlySegmentSize: tc.early}
-		_, idx, _, _ := readOverlay(t, pack(t, wd.diff, o))
-		if len(idx.Segments) != len(tc.want) {
-			t.Fatalf("early segment size %d: %d segments; want %d", tc.early, len(idx.Segments), len(tc.want))
-		}
-		for i, w := range tc.want {
-			s := idx.Segments[i]
-			last := i == len(tc.want)-1
-			if s.Raw > w.Raw || (!last && (!slices.Equal(s.Mem, w.Mem) || !slices.Equal(s.Disk, w.Disk))) {
-				t.Errorf("early segment size %d: segment %d holds %d raw bytes, mem %v, disk %v; want at most %d, mem %v, disk %v",
-					tc.early, i, s.Raw, s.Mem, s.Disk, w.Raw, w.Mem, w.Disk)
+	early := [3][][2]uint64{
+		format.SpaceMem:  {{0, 4 * P}, {9 * P, 2 * P}, {12 * P, P}},
+		format.SpaceDisk: {{0, StartDisk}, {1 << 19, 200 * 1024}},
+	}
+	isEarly := func(sp uint8, r [2]uint64) bool {
+		for _, e := range early[sp] {
+			if r[0] < e[0]+e[1] && e[0] < r[0]+r[1] {
+				return true
 			}
+		}
+		return false
+	}
+	for _, size := range []int{0, MinSegmentSize} {
+		o := PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: worldLog(), AccessFile: "world.json", EarlySegmentSize: size}
+		_, idx, _, _ := readOverlay(t, pack(t, wd.diff, o))
+		limit := uint64(cmp.Or(size, DefaultEarlySegmentSize))
+		late, nEarly := false, 0
+		for i, s := range idx.Segments {
+			var e, l int
+			for sp, rs := range map[uint8][][2]uint64{format.SpaceMem: s.Mem, format.SpaceDisk: s.Disk} {
+				for _, r := range rs {
+					if isEarly(sp, r) {
+						e++
+					} else {
+						l++
+					}
+				}
+			}
+			switch {
+			case e > 0 && l > 0:
+				t.Errorf("early segment size %d: segment %d mixes touched and untouched ranges: mem %v, disk %v", size, i, s.Mem, s.Disk)
+			case e > 0 && late:
+				t.Errorf("early segment size %d: segment %d holds touched ranges after an untouched segment", size, i)
+			case l > 0 || (e == 0 && i > 0):
+				late = true
+			default:
+				nEarly++
+				if s.Raw > limit && e > 1 {
+					t.Errorf("early segment size %d: early segment %d holds %d raw bytes in %d ranges; want at most %d (one record may be larger)", size, i, s.Raw, e, limit)
+				}
+			}
+		}
+		if nEarly < 1 || !late {
+			t.Errorf("early segment size %d: %d early segments, later ones %v; want early segments, then normal ones", size, nEarly, late)
 		}
 	}
 }

@@ -28,10 +28,35 @@ type source interface {
 }
 
 func newSource(r *format.Reader, h *format.Header, o *PackOptions) (source, error) {
-	if o.Order != format.OrderAccess {
+	switch {
+	case o.Order == format.OrderAccess:
+		if _, _, err := accessRanks(o.Access, o.AccessFile, h); err != nil {
+			return nil, err
+		}
+		l := startLog(h)
+		l.Accesses = append(l.Accesses, o.Access.Accesses...)
+		return newAccessSource(r, h, o, l, o.AccessFile)
+	case o.NoManifest || h.Kind != format.KindDiff:
 		return &offsetSource{r: r}, nil
 	}
-	return newAccessSource(r, h, o)
+	// An overlay with a MANIFEST can start early: what QEMU needs before
+	// the guest runs goes first (startRanks), the rest in stream order.
+	return newAccessSource(r, h, o, startLog(h), "")
+}
+
+// StartDisk is how much of the disk's start an overlay with a MANIFEST
+// carries first, after the device state, in offset order too: QEMU reads
+// the disk's first sectors when it opens it (the partition table, before
+// the guest runs), with the kernel's readahead around them.
+const StartDisk = 128 << 10
+
+// startLog is the access log of what QEMU reads before the guest runs.
+func startLog(h *format.Header) *format.AccessLog {
+	l := &format.AccessLog{Version: format.AccessLogVersion}
+	if n := min(h.VM.DiskSize, StartDisk) / format.PageSize * format.PageSize; n > 0 {
+		l.Accesses = append(l.Accesses, format.Access{Space: format.AccessDisk, Offset: 0, Length: n})
+	}
+	return l
 }
 
 // offsetSource passes the records on as they come.
@@ -83,11 +108,15 @@ type accessSource struct {
 	br    *format.Reader
 }
 
-func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions) (src *accessSource, err error) {
-	mem, disk, err := accessRanks(o.Access, o.AccessFile, h)
+// newAccessSource packs in the order of log: startLog's accesses, then
+// those of the access log named file ("" for offset order with the start
+// first).
+func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions, log *format.AccessLog, file string) (src *accessSource, err error) {
+	mem, disk, err := accessRanks(log, file, h)
 	if err != nil {
 		return nil, err
 	}
+	nStart := int64(len(startLog(h).Accesses))
 	f, err := tempFile(o.TempDir, "overlay-pack-diff-")
 	if err != nil {
 		return nil, err
@@ -106,19 +135,23 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions) (src *a
 	touched := false
 	for i := range s.seq {
 		s.seq[i] = int32(i)
-		touched = touched || (!s.recs[i].dev && rank[i] != noRank)
+		touched = touched || (!s.recs[i].dev && rank[i] != noRank && rank[i] >= nStart)
 	}
 	s.ord = format.OrderAccess
+	if file == "" {
+		s.ord = format.OrderOffset
+	}
 	if !touched {
 		s.ord = format.OrderOffset
-		if o.Log != nil {
+		if o.Log != nil && file != "" {
 			fmt.Fprintf(o.Log, "overlay-pack: access log %s: no record of the diff stream goes first (none writes a range the log lists, or only COPY records from data it does not list); packing in offset order\n", o.AccessFile)
 		}
-	} else {
-		slices.SortStableFunc(s.seq, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
-		for s.early < len(s.seq) && rank[s.seq[s.early]] != noRank {
-			s.early++
-		}
+	}
+	// The device state and the start (startLog) go first in either
+	// order, in early segments with what the log lists.
+	slices.SortStableFunc(s.seq, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
+	for s.early < len(s.seq) && rank[s.seq[s.early]] != noRank {
+		s.early++
 	}
 	// The records are read back through a Reader with a fresh Validator:
 	// it checks their frames again and that the new order keeps the

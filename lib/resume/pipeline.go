@@ -35,9 +35,11 @@ type pipeline struct {
 	base   baseReader // nil for a full stream
 	buf    []byte     // for COPY
 	// early: the guest runs before the stream ends, so the device state
-	// ends at the first other record (early.go).
-	early bool
-	data  bool // a record other than DEVSTATE was read
+	// ends at the first other record after it (early.go).
+	early     bool
+	sawDev    bool        // a DEVSTATE was read
+	data      bool        // a record other than DEVSTATE was read after one
+	firstData format.Type // its type
 }
 
 // diskWriter is where the stream's disk records go: the qcow2 top layer
@@ -122,15 +124,16 @@ func (p *pipeline) read(ctx context.Context, r *format.Reader) error {
 }
 
 func (p *pipeline) record(ctx context.Context, rec *format.Record) error {
-	if p.early && rec.Type != format.TypeDevState && !p.data {
-		p.data = true
+	if p.early && p.sawDev && rec.Type != format.TypeDevState && !p.data {
+		p.data, p.firstData = true, rec.Type
 		p.endDev()
 	}
 	switch rec.Type {
 	case format.TypeDevState:
 		if p.data && p.early {
-			return fmt.Errorf("DEVSTATE after memory or disk records: the guest started already; early start needs the device state first (as vm-capture writes it)")
+			return fmt.Errorf("DEVSTATE after a %s record: early start needs the whole device state first (as vm-capture writes it)", p.firstData)
 		}
+		p.sawDev = true
 		return p.dev.add(rec.Payload)
 	case format.TypeMem:
 		off, data, _ := rec.DataRecord()
