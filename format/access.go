@@ -67,3 +67,34 @@ func WriteAccessLog(w io.Writer, l *AccessLog) error {
 	enc := json.NewEncoder(w)
 	return enc.Encode(l)
 }
+
+// Merge appends the accesses of more that l does not cover yet, in more's
+// order: several recorded resumes make one log, the first one's order
+// first (vm-resume --access-log adds to an existing log).
+func (l *AccessLog) Merge(more *AccessLog) {
+	var seen [2]spans
+	idx := func(space string) int {
+		if space == AccessDisk {
+			return 1
+		}
+		return 0
+	}
+	for _, a := range l.Accesses {
+		seen[idx(a.Space)].add(a.Offset, a.Offset+a.Length)
+	}
+	for _, a := range more.Accesses {
+		s := &seen[idx(a.Space)]
+		// Page by page: only what is new keeps its place.
+		for off := a.Offset; off < a.Offset+a.Length; off += PageSize {
+			if s.covers(off, off+PageSize) {
+				continue
+			}
+			s.add(off, off+PageSize)
+			if k := len(l.Accesses) - 1; k >= 0 && l.Accesses[k].Space == a.Space && l.Accesses[k].Offset+l.Accesses[k].Length == off {
+				l.Accesses[k].Length += PageSize
+				continue
+			}
+			l.Accesses = append(l.Accesses, Access{Space: a.Space, Offset: off, Length: PageSize})
+		}
+	}
+}

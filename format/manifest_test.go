@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -115,5 +116,14 @@ func TestAccessLog(t *testing.T) {
 		if _, err := ReadAccessLog(strings.NewReader(bad), "bad"); err == nil || !strings.Contains(err.Error(), "access log bad") {
 			t.Errorf("%s: got %v", bad, err)
 		}
+	}
+}
+
+func TestAccessLogMerge(t *testing.T) {
+	l := &AccessLog{Accesses: []Access{{AccessMem, 0, 8192}, {AccessDisk, 0, 4096}}}
+	l.Merge(&AccessLog{Accesses: []Access{{AccessMem, 4096, 12288}, {AccessDisk, 0, 4096}, {AccessDisk, 8192, 4096}}})
+	want := []Access{{AccessMem, 0, 8192}, {AccessDisk, 0, 4096}, {AccessMem, 8192, 8192}, {AccessDisk, 8192, 4096}}
+	if !slices.Equal(l.Accesses, want) {
+		t.Fatalf("Merge: %v, want %v", l.Accesses, want)
 	}
 }

@@ -213,3 +213,14 @@ func putSegmentHead(codec uint8, raw uint32) []byte {
 	binary.LittleEndian.PutUint32(b[4:], raw)
 	return b[:]
 }
+
+// DataPayload is the payload of a MEM or DISK record of data at off.
+func DataPayload(off uint64, data []byte) []byte {
+	p := make([]byte, 8+len(data))
+	binary.LittleEndian.PutUint64(p, off)
+	copy(p[8:], data)
+	return p
+}
+
+// ZeroPayload is the payload of a MEM_ZERO or DISK_ZERO record.
+func ZeroPayload(off, length uint64) []byte { return putZero(off, length) }

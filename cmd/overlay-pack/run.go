@@ -30,14 +30,20 @@ removed on every path. --no-manifest writes each segment as soon as it is
 compressed, without a MANIFEST (as before it existed), for packing straight
 into a link.
 
+With a MANIFEST the device state and the disk's first 128 KiB come first
+(QEMU reads them before an early-started guest runs).
+
 --order access --access-log FILE puts first the records that write what
-the resumed VM read first (vm-resume --access-log FILE writes that log):
-device state, then the records the log lists, by their first access, in
-segments of --early-segment-size raw bytes, then all the others in stream
-order. A COPY from the stream's own data stays after the records it reads
-from. It reads the whole diff stream into a temporary file in --tmpdir
-first. If the log touches no record, the order stays offset (a note says
-so on stderr).
+the resumed VM read first (vm-resume --early-start --access-log FILE
+writes that log): device state, then the records the log lists, by their
+first access (data records are cut at the log's page boundaries), in
+segments of --early-segment-size raw bytes, then the others, nearest to a
+touched page first. A COPY from the stream's own data comes after the
+records it reads from (they move forward with it). Segments are 256 KiB by
+default in this order: a page the log missed waits for its whole segment.
+It reads the whole diff stream into a temporary file in --tmpdir first.
+If the log touches no record, the order stays offset (a note says so on
+stderr).
 
 --codec auto picks the codec and level that make synthesis over a link of
 --bandwidth Mbit/s shortest: it compresses the first segment with zstd 3,
@@ -70,7 +76,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		[]cli.Flag{
 			&cli.StringFlag{Name: "codec", Value: "zstd", Usage: "segment codec: zstd, xz or auto (see below)", EnvVars: []string{"CLOUDLET_CODEC"}, Destination: &o.Codec},
 			&cli.IntFlag{Name: "level", Usage: "compression level: zstd 1-19 (default 3; 1-2 fastest, 6-9 better, 10+ best), xz 1-9 as xz -1..-9 (default 9); not with --codec auto", Destination: &o.Level},
-			&cli.IntFlag{Name: "segment-size", Value: overlay.DefaultSegmentSize, Usage: "raw bytes per segment, 65536-16777216", Destination: &o.SegmentSize},
+			&cli.IntFlag{Name: "segment-size", Usage: "raw bytes per segment, 65536-16777216 (default 4 MiB; 256 KiB with --order access)", Destination: &o.SegmentSize},
 			&cli.Float64Flag{Name: "bandwidth", Value: overlay.DefaultBandwidth, Usage: "link speed in Mbit/s that --codec auto plans for", EnvVars: []string{"CLOUDLET_BANDWIDTH"}, Destination: &o.Bandwidth},
 			&cli.IntFlag{Name: "workers", Usage: "compression workers (default: all cores)", Destination: &o.Workers},
 			&cli.StringFlag{Name: "order", Value: format.OrderOffset, Usage: "record order: offset (as the diff stream has them) or access (what --access-log lists first)", Destination: &o.Order},

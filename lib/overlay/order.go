@@ -96,8 +96,8 @@ type spooled struct {
 // accessSource spools the whole diff stream to a temporary file, then
 // yields its records in access order: DEVSTATE first, in order; then the
 // records whose ranges the access log lists, by the rank of their first
-// access (a COPY from this stream no earlier than the records it reads
-// from, ties in stream order); then the rest in stream order.
+// access (the records a COPY from this stream reads from no later than
+// it, ties in stream order); then the rest in stream order.
 type accessSource struct {
 	f     *os.File
 	recs  []spooled
@@ -127,15 +127,19 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions, log *fo
 			f.Close()
 		}
 	}()
-	if err := s.spool(r); err != nil {
+	if err := s.spool(r, &mem, &disk); err != nil {
 		return nil, err
 	}
 	rank := s.ranks(&mem, &disk)
+	touchedRank := int64(len(log.Accesses)) // ranks below are touched
 	s.seq = make([]int32, len(s.recs))
 	touched := false
 	for i := range s.seq {
 		s.seq[i] = int32(i)
-		touched = touched || (!s.recs[i].dev && rank[i] != noRank && rank[i] >= nStart)
+		touched = touched || (!s.recs[i].dev && rank[i] < touchedRank && rank[i] >= nStart)
+	}
+	if touched && file != "" {
+		s.near(rank, &mem, &disk, touchedRank)
 	}
 	s.ord = format.OrderAccess
 	if file == "" {
@@ -150,7 +154,7 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions, log *fo
 	// The device state and the start (startLog) go first in either
 	// order, in early segments with what the log lists.
 	slices.SortStableFunc(s.seq, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
-	for s.early < len(s.seq) && rank[s.seq[s.early]] != noRank {
+	for s.early < len(s.seq) && rank[s.seq[s.early]] < touchedRank {
 		s.early++
 	}
 	// The records are read back through a Reader with a fresh Validator:
@@ -160,8 +164,11 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions, log *fo
 	return s, nil
 }
 
-// spool copies the records of r to the spool file.
-func (s *accessSource) spool(r *format.Reader) error {
+// spool copies the records of r to the spool file. MEM, DISK and zero
+// records are cut where the rank maps change (at page or sector
+// boundaries), so that a touched page does not bring the untouched pages
+// of a long record forward with it.
+func (s *accessSource) spool(r *format.Reader, mem, disk *rankMap) error {
 	bw := format.NewBodyWriter(s.f)
 	in := &offsetSource{r: r}
 	for {
@@ -172,21 +179,17 @@ func (s *accessSource) spool(r *format.Reader) error {
 		if err != nil {
 			return err
 		}
-		at := int64(bw.Bytes())
-		if err := bw.WriteRecord(rec); err != nil {
-			return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
-		}
-		sp := spooled{at: at, size: int64(bw.Bytes()) - at, dev: rec.Type == format.TypeDevState}
-		if space, o, n, ok := target(rec); ok {
-			sp.space, sp.off, sp.n = space, o, n
-		}
-		if c, err := rec.CopyRecord(); err == nil && (c.Source == format.SourceStreamMem || c.Source == format.SourceStreamDisk) {
-			sp.src, sp.srcOff = format.SpaceMem, c.SourceOffset
-			if c.Source == format.SourceStreamDisk {
-				sp.src = format.SpaceDisk
+		if pieces := cut(rec, mem, disk); len(pieces) > 1 {
+			for _, p := range pieces {
+				if err := s.spoolOne(bw, p); err != nil {
+					return err
+				}
 			}
+			continue
 		}
-		s.recs = append(s.recs, sp)
+		if err := s.spoolOne(bw, rec); err != nil {
+			return err
+		}
 	}
 	if err := bw.Close(); err != nil {
 		return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
@@ -194,10 +197,70 @@ func (s *accessSource) spool(r *format.Reader) error {
 	return nil
 }
 
+// cut splits a MEM, DISK or zero record at the boundaries of the rank map
+// of its space; nil for other records and records that need no cut.
+func cut(rec *format.Record, mem, disk *rankMap) []*format.Record {
+	space, off, n, ok := target(rec)
+	if !ok || (rec.Type == format.TypeCopy || rec.Type == format.TypeDelta) {
+		return nil
+	}
+	rm, align := mem, uint64(format.PageSize)
+	if space == format.SpaceDisk {
+		rm, align = disk, format.SectorSize
+	}
+	var cuts []uint64
+	i, _ := slices.BinarySearch(rm.b, off+1)
+	for ; i < len(rm.b) && rm.b[i] < off+n; i++ {
+		if c := rm.b[i] / align * align; c > off && (len(cuts) == 0 || c > cuts[len(cuts)-1]) {
+			cuts = append(cuts, c)
+		}
+	}
+	if len(cuts) == 0 {
+		return nil
+	}
+	var data []byte
+	if rec.Type == format.TypeMem || rec.Type == format.TypeDisk {
+		_, data, _ = rec.DataRecord()
+	}
+	var out []*format.Record
+	from := off
+	for _, c := range append(cuts, off+n) {
+		var p []byte
+		if data != nil {
+			p = format.DataPayload(from, data[from-off:c-off])
+		} else {
+			p = format.ZeroPayload(from, c-from)
+		}
+		out = append(out, &format.Record{Type: rec.Type, Flags: rec.Flags, Payload: p})
+		from = c
+	}
+	return out
+}
+
+func (s *accessSource) spoolOne(bw *format.Writer, rec *format.Record) error {
+	at := int64(bw.Bytes())
+	if err := bw.WriteRecord(rec); err != nil {
+		return fmt.Errorf("writing spool file %s: %w (free space there or set --tmpdir)", s.f.Name(), err)
+	}
+	sp := spooled{at: at, size: int64(bw.Bytes()) - at, dev: rec.Type == format.TypeDevState}
+	if space, o, n, ok := target(rec); ok {
+		sp.space, sp.off, sp.n = space, o, n
+	}
+	if c, err := rec.CopyRecord(); err == nil && (c.Source == format.SourceStreamMem || c.Source == format.SourceStreamDisk) {
+		sp.src, sp.srcOff = format.SpaceMem, c.SourceOffset
+		if c.Source == format.SourceStreamDisk {
+			sp.src = format.SpaceDisk
+		}
+	}
+	s.recs = append(s.recs, sp)
+	return nil
+}
+
 // ranks returns the rank of every record: -1 for DEVSTATE, the index of
-// the first access that overlaps what it writes, noRank if none; a COPY
-// from this stream gets at least the ranks of the records it reads from
-// (they come before it in the stream, so theirs are known).
+// the first access that overlaps what it writes, noRank if none. A COPY
+// from this stream needs the records it reads from before it: they get
+// its rank when theirs is later (a touched COPY pulls its sources
+// forward), so with ties in stream order they still come first.
 func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
 	type written struct {
 		off, end uint64
@@ -217,7 +280,6 @@ func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
 		switch {
 		case r.dev:
 			rank[i] = -1
-			continue
 		case r.space == format.SpaceMem:
 			rank[i] = mem.lookup(r.off, r.n)
 		case r.space == format.SpaceDisk:
@@ -225,13 +287,20 @@ func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
 		default:
 			rank[i] = noRank
 		}
+	}
+	// Sources come before their COPY in the stream: walking backwards,
+	// every COPY's rank is final when its sources are pulled.
+	for i := len(s.recs) - 1; i >= 0; i-- {
+		r := s.recs[i]
 		if r.src == 0 || rank[i] == noRank {
 			continue
 		}
 		ws := by[r.src]
 		j := sort.Search(len(ws), func(j int) bool { return ws[j].end > r.srcOff })
 		for ; j < len(ws) && ws[j].off < r.srcOff+r.n; j++ {
-			rank[i] = max(rank[i], rank[ws[j].i])
+			if k := ws[j].i; k < i {
+				rank[k] = min(rank[k], rank[i])
+			}
 		}
 	}
 	return rank
@@ -279,6 +348,58 @@ func (q *seqReader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// nearBucket is the granularity of the order of the untouched records:
+// those within nearBucket bytes of a touched range first, then within
+// twice that, and so on.
+const nearBucket = 256 << 10
+
+// near ranks the records no access touched after the touched ones, the
+// closest to a touched range of their space first (ties in stream order):
+// a guest that touches a page the access log missed most likely touches
+// one near those it listed (the same slab, the same file), so a miss
+// waits for less of the stream. Ranks from touchedRank up; records with
+// nothing near stay at noRank.
+func (s *accessSource) near(rank []int64, mem, disk *rankMap, touchedRank int64) {
+	for i, r := range s.recs {
+		if rank[i] != noRank || r.space == 0 {
+			continue
+		}
+		rm := mem
+		if r.space == format.SpaceDisk {
+			rm = disk
+		}
+		if d, ok := rm.distance(r.off, r.n); ok {
+			rank[i] = touchedRank + int64(min(d/nearBucket, math.MaxInt32))
+		}
+	}
+}
+
+// distance returns how far [off, off+n) is from the nearest range with a
+// rank (0 when it overlaps one); false when there is none.
+func (rm *rankMap) distance(off, n uint64) (uint64, bool) {
+	last := len(rm.b) - 1 // intervals are 0..last-1
+	i := sort.Search(last, func(i int) bool { return rm.b[i+1] > off })
+	best, ok := uint64(math.MaxUint64), false
+	for j := i; j < last; j++ { // at or after off
+		if rm.r[j] != noRank {
+			if rm.b[j] < off+n {
+				return 0, true
+			}
+			best, ok = rm.b[j]-(off+n), true
+			break
+		}
+	}
+	for j := min(i, last) - 1; j >= 0; j-- { // before off
+		if rm.r[j] != noRank {
+			if d := off - min(off, rm.b[j+1]); !ok || d < best {
+				best, ok = d, true
+			}
+			break
+		}
+	}
+	return best, ok
 }
 
 // rankMap gives the rank of the first access to any part of a range: the

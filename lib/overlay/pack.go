@@ -86,6 +86,12 @@ func (o *PackOptions) fill() error {
 	}
 	if o.SegmentSize == 0 {
 		o.SegmentSize = DefaultSegmentSize
+		if o.Order == format.OrderAccess {
+			// A guest that touches a page the access log missed waits
+			// for the whole segment that holds it: small ones after
+			// the early ones too.
+			o.SegmentSize = DefaultEarlySegmentSize
+		}
 	}
 	if o.EarlySegmentSize == 0 {
 		o.EarlySegmentSize = DefaultEarlySegmentSize

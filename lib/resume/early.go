@@ -57,10 +57,11 @@ var ErrNoManifest = errors.New("early start needs a MANIFEST at the head of the 
 // Served is an early-started instance whose stream arrived in full: this
 // process still serves its memory and disk, until QEMU exits (Wait).
 type Served struct {
-	Info *instance.Info
-	in   *vm.Instance
-	srv  *lazyfs.Server
-	dir  string
+	Info  *instance.Info
+	in    *vm.Instance
+	srv   *lazyfs.Server
+	dir   string
+	files []*os.File // the base's images the mount reads
 }
 
 // FromStreamEarly resumes a diff stream's VM before the stream has arrived
@@ -96,11 +97,18 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 	if err != nil {
 		return nil, err
 	}
-	srv, images, err := mountImages(dir, b, h, m)
+	srv, images, files, err := mountImages(dir, b, h, m)
 	if err != nil {
 		return nil, err
 	}
 	s.cl.srv = srv
+	defer func() {
+		if !s.cl.done {
+			s.cl.run() // unmount before the files close
+			s.cl.done = true
+			closeAll(files)
+		}
+	}()
 	if err := os.WriteFile(filepath.Join(dir, ServerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		return nil, err
 	}
@@ -127,6 +135,11 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 		p.disk = &lazyDisk{im: images[1]}
 	}
 
+	// QEMU advises huge pages on its RAM, and a page fault there would
+	// then read (and wait for) the whole 2 MiB around the page.
+	if err := vm.DisableHugePageAdvice(); err != nil && so.Log != nil {
+		fmt.Fprintf(so.Log, "vm-resume: %v; a page fault will wait for the 2 MiB around it\n", err)
+	}
 	fed := make(chan feedResult, 1)
 	go func() { fed <- p.feed(ctx, cfg, h.VM.IgnoreShared) }()
 	read := make(chan error, 1)
@@ -200,52 +213,62 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 	}
 	releaseRunDir(dir)
 	s.cl.done = true
-	return &Served{Info: info, in: in, srv: srv, dir: dir}, nil
+	return &Served{Info: info, in: in, srv: srv, dir: dir, files: files}, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
 }
 
 // mountImages serves the base's memory and disk, with the manifest's
 // ranges expected, at dir/LazyDir (the memory image first, then the disk
-// image when the VM has a disk).
-func mountImages(dir string, b *base.Base, h *format.Header, m *format.Manifest) (*lazyfs.Server, []*lazyfs.Image, error) {
-	memRanges, diskRanges := m.Ranges()
-	mem := lazyfs.NewImage(lazyMemName, int64(h.VM.MemSize), readerAt(b.ReadMemAt))
-	images := []*lazyfs.Image{mem}
-	if err := expect(mem, memRanges); err != nil {
-		return nil, nil, err
-	}
-	if h.VM.DiskSize > 0 {
-		d := lazyfs.NewImage(lazyDiskName, int64(h.VM.DiskSize), readerAt(b.ReadDiskAt))
-		if err := expect(d, diskRanges); err != nil {
-			return nil, nil, err
+// image when the VM has a disk). The base files are read with pread (never
+// mapped: see lazyfs on faults in the serving process) and must stay open
+// as long as the mount.
+func mountImages(dir string, b *base.Base, h *format.Header, m *format.Manifest) (_ *lazyfs.Server, _ []*lazyfs.Image, files []*os.File, err error) {
+	defer func() {
+		if err != nil {
+			closeAll(files)
 		}
-		images = append(images, d)
-	} else if len(diskRanges) > 0 {
-		return nil, nil, fmt.Errorf("the MANIFEST promises disk ranges but the VM has no disk")
+	}()
+	memRanges, diskRanges := m.Ranges()
+	if h.VM.DiskSize == 0 && len(diskRanges) > 0 {
+		return nil, nil, nil, fmt.Errorf("the MANIFEST promises disk ranges but the VM has no disk")
+	}
+	var images []*lazyfs.Image
+	for _, x := range []struct {
+		name, file string
+		size       uint64
+		ranges     [][2]uint64
+	}{{lazyMemName, base.MemFile, h.VM.MemSize, memRanges}, {lazyDiskName, base.DiskFile, h.VM.DiskSize, diskRanges}} {
+		if x.size == 0 {
+			continue
+		}
+		f, err := os.Open(b.Path(x.file))
+		if err != nil {
+			return nil, nil, files, err
+		}
+		files = append(files, f)
+		im := lazyfs.NewImage(x.name, int64(x.size), f)
+		for _, r := range x.ranges {
+			if err := im.Expect(int64(r[0]), int64(r[1])); err != nil {
+				return nil, nil, files, err
+			}
+		}
+		images = append(images, im)
 	}
 	mount := filepath.Join(dir, LazyDir)
 	if err := os.Mkdir(mount, 0o700); err != nil {
-		return nil, nil, err
+		return nil, nil, files, err
 	}
-	srv, err := lazyfs.Mount(mount, images, lazyfs.Options{StoreDir: dir})
+	srv, err := lazyfs.Mount(mount, images, lazyfs.Options{StoreDir: dir, MaxReadAhead: earlyReadAhead})
 	if err != nil {
-		return nil, nil, fmt.Errorf("serving the VM's memory and disk for early start: %w (FUSE needs /dev/fuse and the fuse3 package)", err)
+		return nil, nil, files, fmt.Errorf("serving the VM's memory and disk for early start: %w (FUSE needs /dev/fuse and the fuse3 package)", err)
 	}
-	return srv, images, nil
+	return srv, images, files, nil
 }
-
-func expect(im *lazyfs.Image, rs [][2]uint64) error {
-	for _, x := range rs {
-		if err := im.Expect(int64(x[0]), int64(x[1])); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// readerAt adapts a base's read method.
-type readerAt func(p []byte, off int64) (int, error)
-
-func (f readerAt) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
 
 // AccessLog returns the order in which the guest first read its memory and
 // disk through the mount so far (for overlay-pack --order access).
@@ -272,6 +295,7 @@ func (s *Served) Wait(ctx context.Context) error {
 		<-s.in.Done()
 	}
 	err := s.srv.Unmount()
+	closeAll(s.files)
 	if rerr := os.RemoveAll(s.dir); err == nil {
 		err = rerr
 	}
@@ -316,3 +340,11 @@ func (d *lazyDisk) read(_ context.Context, off uint64, p []byte) error {
 }
 func (d *lazyDisk) finish() error { return nil }
 func (d *lazyDisk) close()        {}
+
+// earlyReadAhead bounds the kernel's reads of the served images to the
+// page touched: a fault then waits only for that page's record, never for
+// its neighbours still in flight, and the access log lists the pages the
+// guest touched, not the windows around them (which would bring most of
+// the overlay forward). It costs one request to this process per page the
+// guest touches first (a few microseconds each).
+const earlyReadAhead = 4096

@@ -17,6 +17,7 @@ import (
 	"cloudlet/format"
 	"cloudlet/lib/base"
 	"cloudlet/lib/capture"
+	"cloudlet/lib/cliutil"
 	"cloudlet/lib/guesttest"
 	"cloudlet/lib/instance"
 	"cloudlet/lib/overlay"
@@ -56,85 +57,18 @@ func (s *slowReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// applied resolves an overlay into the diff stream vm-resume reads.
-func applied(t testing.TB, ov []byte, bdir string) []byte {
-	return stage(t, "overlay-apply", bytes.NewReader(ov), func(r *format.Reader, w *format.Writer) error {
-		return overlay.Apply(context.Background(), r, w, func(id string) (overlay.Base, error) { return base.Locate(bdir, "", id) }, overlay.ApplyOptions{KeepCopies: true})
-	})
-}
-
-// withManifest makes sure a diff stream carries a MANIFEST after its
-// HEADER (overlay-apply writes one when the overlay has one).
-func withManifest(t testing.TB, in []byte) []byte {
-	t.Helper()
-	r := format.NewReader(bytes.NewReader(in))
-	h, err := r.Header()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var recs [][]byte
-	var types []format.Type
-	var m format.Manifest
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rec.Type == format.TypeManifest {
-			return in
-		}
-		types, recs = append(types, rec.Type), append(recs, bytes.Clone(rec.Payload))
-		sp, off, n, ok := recordTarget(rec)
-		switch {
-		case !ok:
-		case sp == format.SpaceMem:
-			m.Mem = appendRange(m.Mem, off, n)
-		default:
-			m.Disk = appendRange(m.Disk, off, n)
-		}
-	}
-	var out bytes.Buffer
-	w := format.NewWriter(&out)
-	must(t, w.WriteHeader(h))
-	must(t, w.WriteMeta(format.TypeManifest, &m))
-	for i := range recs {
-		must(t, w.WriteRecord(&format.Record{Type: types[i], Flags: types[i].DefaultFlags(), Payload: recs[i]}))
-	}
-	must(t, w.Close())
-	return out.Bytes()
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func appendRange(rs [][2]uint64, off, n uint64) [][2]uint64 {
-	if k := len(rs); k > 0 && rs[k-1][0]+rs[k-1][1] == off {
-		rs[k-1][1] += n
-		return rs
-	}
-	return append(rs, [2]uint64{off, n})
-}
-
-func recordTarget(rec *format.Record) (uint8, uint64, uint64, bool) {
-	switch rec.Type {
-	case format.TypeMem, format.TypeDisk:
-		off, data, _ := rec.DataRecord()
-		return map[bool]uint8{true: format.SpaceMem, false: format.SpaceDisk}[rec.Type == format.TypeMem], off, uint64(len(data)), true
-	case format.TypeMemZero, format.TypeDiskZero:
-		off, n, _ := rec.ZeroRecord()
-		return map[bool]uint8{true: format.SpaceMem, false: format.SpaceDisk}[rec.Type == format.TypeMemZero], off, n, true
-	case format.TypeCopy:
-		c, _ := rec.CopyRecord()
-		return c.Space, c.Offset, c.Length, true
-	}
-	return 0, 0, 0, false
+// earlyFrom feeds an overlay through overlay-apply into FromStreamEarly
+// (in-process, as the pipe overlay-apply | vm-resume --early-start does).
+func earlyFrom(ctx context.Context, ov io.Reader, bdir string, so StreamOptions, running func(*instance.Info)) (*Served, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		err := cliutil.Filter("overlay-apply", ov, pw, func(r *format.Reader, w *format.Writer) error {
+			return overlay.Apply(ctx, r, w, func(id string) (overlay.Base, error) { return base.Locate(bdir, "", id) }, overlay.ApplyOptions{KeepCopies: true})
+		})
+		pw.CloseWithError(err)
+	}()
+	defer pr.CloseWithError(errors.New("resume ended"))
+	return FromStreamEarly(ctx, format.NewReader(pr), so, running)
 }
 
 // lazyMounted reports whether a lazyfs mount under dir is still listed.
@@ -170,29 +104,74 @@ func TestEarlyStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream := withManifest(t, applied(t, makeOverlay(t, bytes.NewReader(full), bdir, "zstd"), bdir))
-	// The stream takes about 20 s to arrive.
-	rate := float64(len(stream)) / 20
-	t.Logf("diff stream with manifest: %d bytes at %.1f MB/s", len(stream), rate/1e6)
+	diff := makeDiff(t, bytes.NewReader(full), bdir)
 
+	// Record the access order: resume through the served images until
+	// the app answered, and a few seconds more; once at full speed from
+	// an overlay in offset order, then once more through the slow link
+	// from the overlay in that order (a guest that waits for pages runs
+	// other code, which touches other pages), the logs merged.
 	port := guesttest.FreePort(t)
+	so.Forwards = []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}
+	record := func(ov []byte, rate float64) *format.AccessLog {
+		so.RunDir = runDir(t, "rec")
+		answered := make(chan time.Duration, 1)
+		var in io.Reader = bytes.NewReader(ov)
+		if rate > 0 {
+			in = newSlowReader(ov, rate)
+		}
+		start := time.Now()
+		rec, err := earlyFrom(context.Background(), in, bdir, so, func(info *instance.Info) {
+			go func() { answered <- waitAnswer(port, start) }()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("recording run: the app answered after %v", <-answered)
+		for range 10 {
+			httpGetQuick(port)
+			time.Sleep(300 * time.Millisecond)
+		}
+		al := rec.AccessLog()
+		Stop(context.Background(), rec.Info.RunDir)
+		if err := rec.Wait(context.Background()); err != nil {
+			t.Errorf("Wait: %v", err)
+		}
+		if len(al.Accesses) == 0 {
+			t.Fatal("no access recorded")
+		}
+		return al
+	}
+	al := record(packDiff(t, diff, overlay.PackOptions{Codec: "zstd"}), 0)
+	again := packDiff(t, diff, overlay.PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: al, AccessFile: "recorded"})
+	n := len(al.Accesses)
+	al.Merge(record(again, float64(len(again))/20))
+	t.Logf("access log: %d accesses, %d from the second run", len(al.Accesses), len(al.Accesses)-n)
+	if f := os.Getenv("CLOUDLET_TEST_ACCESS_LOG"); f != "" {
+		if w, err := os.Create(f); err == nil {
+			format.WriteAccessLog(w, al)
+			w.Close()
+		}
+		os.WriteFile(f+".diff", diff, 0o644)
+	}
+	stream := packDiff(t, diff, overlay.PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: al, AccessFile: "recorded", SegmentSize: 256 << 10})
+	// The overlay takes about 20 s to arrive.
+	rate := float64(len(stream)) / 20
+	t.Logf("overlay in access order (%d accesses): %d bytes at %.2f MB/s", len(al.Accesses), len(stream), rate/1e6)
+
+	port = guesttest.FreePort(t)
 	so.RunDir, so.Forwards = runDir(t, "early"), []vm.Forward{{Proto: "tcp", HostPort: port, GuestPort: 80}}
 	slow := newSlowReader(stream, rate)
 	var answeredLeft atomic.Int64
 	answeredLeft.Store(-1)
 	var runningAt time.Duration
-	served, err := FromStreamEarly(context.Background(), format.NewReader(slow), so, func(info *instance.Info) {
+	served, err := earlyFrom(context.Background(), slow, bdir, so, func(info *instance.Info) {
 		runningAt = time.Since(slow.start)
 		t.Logf("guest running after %v, %d of %d stream bytes still to come", runningAt, slow.left.Load(), len(stream))
 		go func() {
-			deadline := time.Now().Add(60 * time.Second)
-			for time.Now().Before(deadline) {
-				if page, err := httpGetQuick(port); err == nil && strings.Contains(page, "<") {
-					answeredLeft.Store(slow.left.Load())
-					t.Logf("app answered after %v with %d stream bytes still to come", time.Since(slow.start), answeredLeft.Load())
-					return
-				}
-				time.Sleep(100 * time.Millisecond)
+			if d := waitAnswer(port, slow.start); d > 0 {
+				answeredLeft.Store(slow.left.Load())
+				t.Logf("app answered after %v with %d overlay bytes still to come", d, answeredLeft.Load())
 			}
 		}()
 	})
@@ -230,10 +209,10 @@ func TestEarlyStart(t *testing.T) {
 	// A corrupt tail: the last data frame's check fails after the guest
 	// started.
 	bad := bytes.Clone(stream)
-	bad[len(bad)-200] ^= 0x40
+	bad[len(bad)*9/10] ^= 0x40
 	so.RunDir, so.Forwards = runDir(t, "bad"), nil
 	started := false
-	_, err = FromStreamEarly(context.Background(), format.NewReader(newSlowReader(bad, rate*4)), so, func(*instance.Info) { started = true })
+	_, err = earlyFrom(context.Background(), newSlowReader(bad, rate*2), bdir, so, func(*instance.Info) { started = true })
 	if err == nil || !started {
 		t.Fatalf("corrupt tail: err %v, guest started %v; want the guest started, then an error", err, started)
 	}
@@ -256,8 +235,23 @@ func TestEarlyStart(t *testing.T) {
 	}
 }
 
+// waitAnswer polls the app's page until it answers (for at most a
+// minute) and returns the time since start, or 0 if it never answered.
+func waitAnswer(port int, start time.Time) time.Duration {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if page, err := httpGetQuick(port); err == nil && strings.Contains(page, "<") {
+			return time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0
+}
+
+// httpGetQuick asks once, and waits up to a minute for the answer, as a
+// user's browser would.
 func httpGetQuick(port int) (string, error) {
-	c := http.Client{Timeout: 3 * time.Second}
+	c := http.Client{Timeout: 60 * time.Second}
 	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
 	if err != nil {
 		return "", err

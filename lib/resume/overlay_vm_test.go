@@ -34,6 +34,18 @@ func stage(t testing.TB, name string, in io.Reader, fn func(r *format.Reader, w 
 // makeOverlay captures a VM resumed from bdir and turns it into an overlay:
 // vm-capture | mem-diff | disk-diff | overlay-pack, with dedup and deltas.
 func makeOverlay(t testing.TB, capt io.Reader, bdir, codec string) []byte {
+	return packDiff(t, makeDiff(t, capt, bdir), overlay.PackOptions{Codec: codec})
+}
+
+// packDiff is overlay-pack.
+func packDiff(t testing.TB, diff []byte, o overlay.PackOptions) []byte {
+	return stage(t, "overlay-pack", bytes.NewReader(diff), func(r *format.Reader, w *format.Writer) error {
+		return overlay.Pack(context.Background(), r, w, o)
+	})
+}
+
+// makeDiff is mem-diff | disk-diff, with dedup and deltas.
+func makeDiff(t testing.TB, capt io.Reader, bdir string) []byte {
 	open := func(string) (*base.Base, error) { return base.Open(bdir) }
 	opt := diff.Options{Delta: diff.DeltaXOR}
 	d1 := stage(t, "mem-diff", capt, func(r *format.Reader, w *format.Writer) error {
@@ -46,9 +58,7 @@ func makeOverlay(t testing.TB, capt io.Reader, bdir, codec string) []byte {
 		t.Logf("disk-diff: %+v", st)
 		return err
 	})
-	return stage(t, "overlay-pack", bytes.NewReader(d2), func(r *format.Reader, w *format.Writer) error {
-		return overlay.Pack(context.Background(), r, w, overlay.PackOptions{Codec: codec})
-	})
+	return d2
 }
 
 func applyAndResume(ctx context.Context, ov []byte, bdir string, so StreamOptions) (string, error) {

@@ -1,0 +1,3 @@
+package vm
+
+const sysSeccompNr = 317
