@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				return nil
 			}
-			if o.SegmentSize < overlay.MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw {
+			if c.IsSet("segment-size") && (o.SegmentSize < overlay.MinSegmentSize || o.SegmentSize > format.MaxSegmentRaw) {
 				return cliutil.Usagef("--segment-size %d: want %d-%d bytes", o.SegmentSize, overlay.MinSegmentSize, format.MaxSegmentRaw)
 			}
 			if o.Bandwidth <= 0 {
