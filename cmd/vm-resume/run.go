@@ -40,6 +40,21 @@ stream has been read and verified.
    overlay-apply --base B < app.overlay | vm-resume --base B
    ssh cloudlet 'overlay-apply | vm-resume' < app.overlay
 
+With --early-start the guest runs as soon as the device state (and what
+QEMU reads before the guest runs) has arrived: its memory and disk are
+served on demand from a FUSE mount in the run folder, and a page not yet
+arrived waits for it. The JSON line is printed when the guest runs;
+vm-resume exits once the rest has arrived and verified (exit status 0),
+or, if the stream turns out bad after the guest started, stops and
+removes the instance and fails. A second process serves the VM's memory
+and disk for the VM's life (server_pid in the JSON line); the VM dies
+with it. Pack the overlay in access order for it (overlay-pack --order
+access), from an access log that an early start records:
+
+   overlay-pack < app.diff | overlay-apply | vm-resume --early-start --access-log app.access
+   overlay-pack --order access --access-log app.access < app.diff > app.overlay
+   ssh cloudlet 'overlay-apply | vm-resume --early-start' < app.overlay
+
 The VM is recreated from the stream's description, never from strings in the
 stream. Your own QEMU arguments go after --.`
 
@@ -84,7 +99,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return waitFor(ctx, info)
 	}
 
-	var baseDir, catalog, memWrite string
+	var baseDir, catalog, memWrite, accessLog, warm string
+	var early bool
 	var images cli.StringSlice
 	app := cliutil.NewApp("vm-resume", "resume a VM from a cloudlet stream, or launch one from an image",
 		"vm-resume [flags] [-- QEMU ARGS] < stream", description,
@@ -93,6 +109,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
 			cliutil.Paths(&cli.StringSliceFlag{Name: "image", Usage: "disk image a full stream's disk is relative to (matched by sha256)", Destination: &images}),
 			&cli.StringFlag{Name: "mem-write", Usage: "how a diff stream's pages reach the guest: direct (into QEMU's RAM with process_vm_writev; the migration stream when not allowed) or migration (through QEMU's incoming migration, slower)", Value: resume.MemWriteDirect, Destination: &memWrite},
+			&cli.BoolFlag{Name: "early-start", Usage: "run the guest before the stream has arrived: memory and disk are served on demand (FUSE) and a read of what has not arrived waits for it; needs a stream with a MANIFEST (overlay-pack writes one), best packed with --order access. This process stays as the server of the VM's memory and disk for the VM's life", Destination: &early},
+			cliutil.Path(&cli.StringFlag{Name: "access-log", Usage: "with --early-start: once the stream has arrived and --warm ran, write what the guest read first, in order, to FILE (added to what FILE holds) for overlay-pack --order access", Destination: &accessLog}),
+			&cli.StringFlag{Name: "warm", Usage: "with --access-log: a shell command that uses the app (env CLOUDLET_INSTANCE, CLOUDLET_PORT_<guest port>); default: GET / on each forwarded TCP port until it answers, then 3 s", Destination: &warm},
 			&cli.StringFlag{Name: "ports", Usage: "host ports of the stream's recorded forwards: recorded (a free one when taken, said on stderr), free (always free ones: many instances of one overlay), strict (refuse when taken)", Value: resume.PortsRecorded, EnvVars: []string{"CLOUDLET_PORTS"}, Destination: &o.Ports},
 		}, common...),
 		func(c *cli.Context) error {
@@ -111,6 +130,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			so := resume.StreamOptions{Options: o, BaseDir: baseDir, Catalog: catalog, Images: images.Value(), KitDirs: kits.Value(), MemWrite: memWrite}
 			for _, k := range kits.Value() {
 				so.Images = append(so.Images, filepath.Join(k, "rootfs.img"))
+			}
+			switch {
+			case !early && (accessLog != "" || warm != ""):
+				return cliutil.Usagef("--access-log and --warm record an early start: add --early-start")
+			case warm != "" && accessLog == "":
+				return cliutil.Usagef("--warm warms the guest up for --access-log FILE: add it")
+			case early && c.IsSet("mem-write"):
+				return cliutil.Usagef("--mem-write with --early-start: the pages are served on demand, not written")
+			case early && os.Getenv(serverEnv) != "":
+				return earlyServer(ctx, stdin, stderr, so, accessLog, warm)
+			case early:
+				return earlyParent(ctx, args[1:], stdin, stdout, stderr, wait)
 			}
 			info, err := resume.FromStream(ctx, format.NewReader(stdin), so)
 			if err != nil {

@@ -944,3 +944,17 @@ func TestServerAccesses(t *testing.T) {
 		t.Fatalf("Accesses = %v, want %v (ReadAt must not count)", got, want)
 	}
 }
+
+// TestChildrenDoNotInheritConnection: a process started after Mount (QEMU)
+// must not hold the FUSE connection, or it would keep it alive after this
+// process died and hang on it.
+func TestChildrenDoNotInheritConnection(t *testing.T) {
+	mountT(t, []*Image{NewImage("a", 4096, nil)}, Options{})
+	out, err := exec.Command("ls", "-l", "/proc/self/fd/").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child inherited /dev/fuse: %s", out)
+	}
+}

@@ -159,6 +159,7 @@ func Mount(dir string, images []*Image, o Options) (*Server, error) {
 		return nil, fmt.Errorf("lazyfs: mount %s: %w", dir, err)
 	}
 	s.srv = srv
+	closeFUSEOnExec()
 	go func() {
 		srv.Serve()
 		close(s.served)
@@ -168,6 +169,23 @@ func Mount(dir string, images []*Image, o Options) (*Server, error) {
 		return nil, fmt.Errorf("lazyfs: mount %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// closeFUSEOnExec marks this process's /dev/fuse descriptors
+// close-on-exec. go-fuse opens /dev/fuse without O_CLOEXEC when it mounts
+// directly (as root): a child started afterwards (QEMU) would inherit the
+// connection and keep it alive after this process died, and then hang in
+// its own reads (and at exit, in the flush of the served file) waiting for
+// a server that is gone, instead of failing with ENOTCONN.
+func closeFUSEOnExec() {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if t, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && t == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
+			}
+		}
+	}
 }
 
 // Access is a run of pages of one image first read through the mount.

@@ -165,6 +165,20 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 		read <- err
 	}()
 
+	// A cancelled ctx (a signal, or the caller gone) stops both sides at
+	// once, even while the reader waits for input.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			for _, im := range images {
+				im.Fail(ctx.Err())
+			}
+			p.abort(ctx.Err(), false)
+		case <-stop:
+		}
+	}()
 	res := <-fed
 	s.cl.inst = res.in
 	if res.c != nil {
@@ -173,7 +187,7 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 	if res.err != nil {
 		err, fromFeed := p.cause()
 		if !fromFeed {
-			return nil, <-read // the stream failed first
+			return nil, err // the stream failed first, or ctx ended
 		}
 		if res.in != nil {
 			return nil, fmt.Errorf("%w (QEMU log: %s)", err, res.in.LogTail(500))
@@ -203,7 +217,15 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 		running(info)
 	}
 
-	if err := <-read; err != nil {
+	select {
+	case err = <-read:
+	case <-p.quit:
+		err = p.failure()
+	}
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("stopped before the stream had arrived (%w); the instance was removed", ctx.Err())
+	}
+	if err != nil {
 		return nil, fmt.Errorf("the stream turned out bad after the guest started, so the instance was stopped and removed: %w", err)
 	}
 	p.finish()
