@@ -72,9 +72,14 @@ func earlyParent(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	returned := make(chan struct{})
+	defer close(returned)
 	go func() {
-		<-ctx.Done() // a signal to vm-resume: the server stops the instance
-		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-ctx.Done(): // a signal to vm-resume: the server stops the instance
+			cmd.Process.Signal(syscall.SIGTERM)
+		case <-returned: // (ctx ends when vm-resume exits, too)
+		}
 	}()
 
 	var runDir string
