@@ -10,7 +10,16 @@ bench_workloads() {
 	WL_small="clwork writefiles --mib $files --dir /opt/app --seed 1 >/dev/null && clwork fillmem --mib $fill --seed 2 >/dev/null"
 	WL_medium=$(medium_workload mixed "$src" "$mem" 3 4)
 	WL_medium_app=$(medium_workload app "$src" "$mem" 5 6)
+	# kv: a key-value lookup behind the page (busybox httpd CGI): a table
+	# of `keys` lines, the lookup reads it (scripts/early-start.sh).
+	local keys=400000 kvmem=60
+	[ "$1" = 1 ] && keys=20000 kvmem=4
+	WL_kv="mkdir -p /opt/kv /www/cgi-bin && seq 1 $keys | awk '{ print \"key\" \$1, \$1 * 7 }' > /opt/kv/table && printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\ngrep -m1 \"^\$QUERY_STRING \" /opt/kv/table\\n' > /www/cgi-bin/get && chmod +x /www/cgi-bin/get && clwork fillmem --content app --mib $kvmem --seed 7 >/dev/null"
 }
+
+# kv_answer PORT: the kv workload's lookup answer (key 4242), or nothing.
+kv_answer() { curl -fsS --max-time 60 "http://127.0.0.1:$1/cgi-bin/get?key4242" 2>/dev/null || true; }
+KV_WANT="key4242 29694"
 
 # medium_workload CONTENT SRC_MIB MEM_MIB SEED1 SEED2: write SRC_MIB of files,
 # tar+gzip them, unpack them again, keep MEM_MIB in tmpfs.
@@ -28,3 +37,25 @@ app_script() {
 
 # jget KEY: a string field of the one-line JSON on stdin.
 jget() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
+
+# Helpers both benchmarks use (RAW: the raw rows file).
+now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+rec() { (
+	IFS=$'\t'
+	echo "$*"
+) >>"$RAW"; }
+fsize() { stat -c %s "$1"; }
+# free_port: a TCP port nothing listens on now.
+free_port() {
+	local p
+	for _ in $(seq 100); do
+		p=$((20000 + RANDOM % 30000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return
+		fi
+	done
+	echo "bench: no free port" >&2
+	return 1
+}

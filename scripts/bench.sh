@@ -131,27 +131,7 @@ trap 'echo "bench: interrupted" >&2; exit 130' INT
 trap 'exit 143' TERM
 
 T0=${EPOCHREALTIME/,/.}
-now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 log() { printf '[bench %6ss] %s\n' "$(awk -v a="$T0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')" "$*" >&2; }
-rec() { (
-	IFS=$'\t'
-	echo "$*"
-) >>"$RAW"; }
-fsize() { stat -c %s "$1"; }
-
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-	echo "bench: no free port" >&2
-	return 1
-}
 
 # wait_http PORT WANT: until http://127.0.0.1:PORT/ answers WANT (the app answers).
 wait_http() {

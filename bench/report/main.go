@@ -86,6 +86,30 @@ type results struct {
 	ResumeScaling scaling           `json:"resume_scaling"`
 	Stages        map[string]*stage `json:"stages"`
 	SemanticGap   *semGap           `json:"semantic_gap,omitempty"`
+	EarlyStart    []earlyRow        `json:"early_start,omitempty"`
+	EarlyMemory   *earlyMemory      `json:"early_start_memory,omitempty"`
+}
+
+// earlyRow is one measurement of scripts/early-start.sh (issue 16): the
+// time from the first overlay byte to the app's first correct answer with
+// vm-resume --early-start, beside the plain synthesis of the same overlay.
+type earlyRow struct {
+	Workload        string  `json:"workload"`
+	LinkMbit        float64 `json:"link_mbit"`
+	Order           string  `json:"order"`
+	OverlayBytes    int64   `json:"overlay_bytes"`
+	TransferS       float64 `json:"transfer_s"`
+	FirstResponseS  float64 `json:"first_response_s"`
+	PlainSynthesisS float64 `json:"plain_synthesis_s"`
+	ArrivedS        float64 `json:"arrived_s"` // vm-resume --early-start exited: all arrived and verified
+}
+
+// earlyMemory is the host memory (PSS) of one instance, plain and early
+// started, after the app answered.
+type earlyMemory struct {
+	Workload string  `json:"workload"`
+	PlainMiB float64 `json:"plain_pss_mib"`
+	EarlyMiB float64 `json:"early_pss_mib"` // QEMU and the serving vm-resume
 }
 
 func median(v []float64) float64 {
@@ -112,7 +136,15 @@ func main() {
 	svgOut := flag.String("svg", "bench/synthesis.svg", "plot to write")
 	mem := flag.Int("mem", 1024, "guest RAM of the workloads in MiB")
 	runs := flag.Int("runs", 3, "runs per measurement (for the captions)")
+	early := flag.Bool("early-only", false, "update only the early_start keys of the results file from the raw rows (scripts/early-start.sh)")
 	flag.Parse()
+	if *early {
+		if err := updateEarly(*raw, *jsonOut); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	f, err := os.Open(*raw)
 	if err != nil {
@@ -181,6 +213,8 @@ func main() {
 			}
 			res.SemanticGap.DeletedMiB = int(num(1))
 			res.SemanticGap.OverlayBytes[t[2]] = int64(num(3))
+		case t[0] == "early" || t[0] == "early_pss":
+			addEarly(res, t)
 		case t[0] == "note" && len(t) == 5:
 			notes = append(notes, note{t[1], t[2], t[3], t[4]})
 		}
@@ -250,6 +284,7 @@ func main() {
 	for _, n := range names {
 		fmt.Printf("%-20s %10.1f %14.1f\n", n, res.Stages[n].MBPerS, res.Stages[n].PeakRSSMiB)
 	}
+	printEarly(res)
 	if g := res.SemanticGap; g != nil {
 		fmt.Printf("\nsemantic gap: %d MiB written then deleted, %d MiB filled then freed (overlay zstd)\n", g.DeletedMiB, g.DeletedMiB)
 		fmt.Printf("%-12s %12s %22s\n", "switches", "overlay MB", "saved vs both-off")
@@ -408,4 +443,62 @@ func plot(res *results, runs int) string {
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// addEarly takes an "early" row (workload, link Mbit/s, order, overlay
+// bytes, transfer s, first response s, plain synthesis s, arrived s) or
+// an "early_pss" row (workload, plain MiB, early MiB).
+func addEarly(res *results, t []string) {
+	num := func(i int) float64 { v, _ := strconv.ParseFloat(t[i], 64); return v }
+	switch {
+	case t[0] == "early" && len(t) == 9:
+		res.EarlyStart = append(res.EarlyStart, earlyRow{Workload: t[1], LinkMbit: num(2), Order: t[3], OverlayBytes: int64(num(4)),
+			TransferS: round(num(5), 2), FirstResponseS: round(num(6), 2), PlainSynthesisS: round(num(7), 2), ArrivedS: round(num(8), 2)})
+	case t[0] == "early_pss" && len(t) == 4:
+		res.EarlyMemory = &earlyMemory{Workload: t[1], PlainMiB: round(num(2), 1), EarlyMiB: round(num(3), 1)}
+	}
+}
+
+// updateEarly replaces the early_start keys of the results file with the
+// rows of raw, keeping everything else, and prints the table.
+func updateEarly(raw, out string) error {
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s: %w", out, err)
+	}
+	f, err := os.Open(raw)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	res.EarlyStart, res.EarlyMemory = nil, nil
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		addEarly(&res, strings.Split(sc.Text(), "\t"))
+	}
+	b, _ = json.MarshalIndent(&res, "", "  ")
+	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	printEarly(&res)
+	return nil
+}
+
+func printEarly(res *results) {
+	if len(res.EarlyStart) == 0 {
+		return
+	}
+	fmt.Printf("\nearly start (issue 16): first overlay byte to the app's first correct answer\n")
+	fmt.Printf("%-11s %6s %-7s %11s %10s %10s %10s %9s %10s\n", "workload", "Mbit/s", "order", "overlay MB", "transfer s", "first s", "/transfer", "plain s", "arrived s")
+	for _, r := range res.EarlyStart {
+		fmt.Printf("%-11s %6.0f %-7s %11.2f %10.2f %10.2f %10.2f %9.2f %10.2f\n", r.Workload, r.LinkMbit, r.Order, float64(r.OverlayBytes)/1e6,
+			r.TransferS, r.FirstResponseS, r.FirstResponseS/r.TransferS, r.PlainSynthesisS, r.ArrivedS)
+	}
+	if m := res.EarlyMemory; m != nil {
+		fmt.Printf("host memory (PSS) of one %s instance: plain %.1f MiB, early start %.1f MiB (QEMU and its server)\n", m.Workload, m.PlainMiB, m.EarlyMiB)
+	}
 }

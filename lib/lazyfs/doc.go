@@ -91,6 +91,11 @@
 // waiting for expected data fail. It then waits for the serving goroutines
 // and drops the scratch files.
 //
+// Mount marks the process's /dev/fuse descriptors close-on-exec (go-fuse's
+// direct mount opens it without O_CLOEXEC): a child that inherited the
+// connection would keep it alive after this process died, and then wait
+// forever for answers (QEMU hung in its exit, flushing the served file).
+//
 // A process killed while serving (SIGKILL, a crash) leaves a dead mount:
 // every access to the folder fails with ENOTCONN ("transport endpoint is
 // not connected") until it is unmounted, and Mount on it fails. Whoever

@@ -79,6 +79,13 @@ func (s *offsetSource) next() (*format.Record, bool, error) {
 func (s *offsetSource) order() string { return format.OrderOffset }
 func (s *offsetSource) close()        {}
 
+// written is a record's target range, for finding the records a COPY
+// reads from.
+type written struct {
+	off, end uint64
+	i        int // index into accessSource.recs
+}
+
 // noRank is the rank of a record no access touched.
 const noRank = math.MaxInt64
 
@@ -103,6 +110,7 @@ type accessSource struct {
 	recs  []spooled
 	seq   []int32 // indices into recs in packing order
 	early int     // the first early records of seq go into early segments
+	by    [3][]written
 	ord   string
 	k     int // records returned so far
 	br    *format.Reader
@@ -141,6 +149,7 @@ func newAccessSource(r *format.Reader, h *format.Header, o *PackOptions, log *fo
 	if touched && file != "" {
 		s.near(rank, &mem, &disk, touchedRank)
 	}
+	s.pull(rank)
 	s.ord = format.OrderAccess
 	if file == "" {
 		s.ord = format.OrderOffset
@@ -262,11 +271,7 @@ func (s *accessSource) spoolOne(bw *format.Writer, rec *format.Record) error {
 // its rank when theirs is later (a touched COPY pulls its sources
 // forward), so with ties in stream order they still come first.
 func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
-	type written struct {
-		off, end uint64
-		i        int
-	}
-	var by [3][]written // by space
+	var by [3][]written // by space: the records writing each range, sorted
 	for i, r := range s.recs {
 		if r.space != 0 {
 			by[r.space] = append(by[r.space], written{r.off, r.off + r.n, i})
@@ -275,6 +280,7 @@ func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
 	for _, ws := range by {
 		slices.SortFunc(ws, func(a, b written) int { return cmp.Compare(a.off, b.off) })
 	}
+	s.by = by
 	rank := make([]int64, len(s.recs))
 	for i, r := range s.recs {
 		switch {
@@ -286,21 +292,6 @@ func (s *accessSource) ranks(mem, disk *rankMap) []int64 {
 			rank[i] = disk.lookup(r.off, r.n)
 		default:
 			rank[i] = noRank
-		}
-	}
-	// Sources come before their COPY in the stream: walking backwards,
-	// every COPY's rank is final when its sources are pulled.
-	for i := len(s.recs) - 1; i >= 0; i-- {
-		r := s.recs[i]
-		if r.src == 0 || rank[i] == noRank {
-			continue
-		}
-		ws := by[r.src]
-		j := sort.Search(len(ws), func(j int) bool { return ws[j].end > r.srcOff })
-		for ; j < len(ws) && ws[j].off < r.srcOff+r.n; j++ {
-			if k := ws[j].i; k < i {
-				rank[k] = min(rank[k], rank[i])
-			}
 		}
 	}
 	return rank
@@ -348,6 +339,27 @@ func (q *seqReader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// pull gives the records each COPY from this stream reads from the COPY's
+// rank when theirs is later: they come before it in the stream, so with
+// ties in stream order they stay before it in any order (invariant 4).
+func (s *accessSource) pull(rank []int64) {
+	// Sources come before their COPY in the stream: walking backwards,
+	// every COPY's rank is final when its sources are pulled.
+	for i := len(s.recs) - 1; i >= 0; i-- {
+		r := s.recs[i]
+		if r.src == 0 || rank[i] == noRank {
+			continue
+		}
+		ws := s.by[r.src]
+		j := sort.Search(len(ws), func(j int) bool { return ws[j].end > r.srcOff })
+		for ; j < len(ws) && ws[j].off < r.srcOff+r.n; j++ {
+			if k := ws[j].i; k < i {
+				rank[k] = min(rank[k], rank[i])
+			}
+		}
+	}
 }
 
 // nearBucket is the granularity of the order of the untouched records:

@@ -24,4 +24,8 @@
 // out and the memory and disk are written, and `cont` comes after
 // that. On any failure QEMU is killed and the run folder removed; the
 // guest never ran.
+//
+// FromStreamEarly (early.go) is the other engine: the guest runs before
+// the stream has arrived, its memory and disk served on demand through
+// lib/lazyfs from the stream's MANIFEST.
 package resume
