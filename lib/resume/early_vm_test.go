@@ -147,14 +147,7 @@ func TestEarlyStart(t *testing.T) {
 	n := len(al.Accesses)
 	al.Merge(record(again, float64(len(again))/20))
 	t.Logf("access log: %d accesses, %d from the second run", len(al.Accesses), len(al.Accesses)-n)
-	if f := os.Getenv("CLOUDLET_TEST_ACCESS_LOG"); f != "" {
-		if w, err := os.Create(f); err == nil {
-			format.WriteAccessLog(w, al)
-			w.Close()
-		}
-		os.WriteFile(f+".diff", diff, 0o644)
-	}
-	stream := packDiff(t, diff, overlay.PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: al, AccessFile: "recorded", SegmentSize: 256 << 10})
+	stream := packDiff(t, diff, overlay.PackOptions{Codec: "zstd", Order: format.OrderAccess, Access: al, AccessFile: "recorded"})
 	// The overlay takes about 20 s to arrive.
 	rate := float64(len(stream)) / 20
 	t.Logf("overlay in access order (%d accesses): %d bytes at %.2f MB/s", len(al.Accesses), len(stream), rate/1e6)
@@ -164,10 +157,8 @@ func TestEarlyStart(t *testing.T) {
 	slow := newSlowReader(stream, rate)
 	var answeredLeft atomic.Int64
 	answeredLeft.Store(-1)
-	var runningAt time.Duration
 	served, err := earlyFrom(context.Background(), slow, bdir, so, func(info *instance.Info) {
-		runningAt = time.Since(slow.start)
-		t.Logf("guest running after %v, %d of %d stream bytes still to come", runningAt, slow.left.Load(), len(stream))
+		t.Logf("guest running after %v, %d of %d overlay bytes still to come", time.Since(slow.start), slow.left.Load(), len(stream))
 		go func() {
 			if d := waitAnswer(port, slow.start); d > 0 {
 				answeredLeft.Store(slow.left.Load())
