@@ -295,7 +295,13 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 		if err := p.writeHead(m); err != nil {
 			return err
 		}
-		if err := p.spool.copyOut(p.writeSegment); err != nil {
+		// Interruptible between segments, as the streaming path is.
+		if err := p.spool.copyOut(func(c uint8, raw uint32, comp []byte, mem, disk ranges) error {
+			if err := p.ctx.Err(); err != nil {
+				return err
+			}
+			return p.writeSegment(c, raw, comp, mem, disk)
+		}); err != nil {
 			return err
 		}
 	}

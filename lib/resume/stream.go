@@ -61,11 +61,11 @@ func (s *streamSetup) close() {
 // prepareStream reads the header, finds the base and the boot files,
 // claims a run folder and fills in the VM's configuration (memory and disk
 // are the engine's).
-func prepareStream(r *format.Reader, so *StreamOptions) (s *streamSetup, err error) {
-	s = &streamSetup{start: time.Now()}
+func prepareStream(r *format.Reader, so *StreamOptions) (_ *streamSetup, err error) {
+	s := &streamSetup{start: time.Now()}
 	defer func() {
 		if err != nil {
-			s.close()
+			s.close() // (the named result is nil by now)
 		}
 	}()
 	h, err := r.Header()
