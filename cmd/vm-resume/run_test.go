@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"strings"
 	"testing"
 
+	"cloudlet/lib/cliutil"
 	"cloudlet/lib/vm"
 )
 
@@ -22,6 +26,29 @@ func TestParseForward(t *testing.T) {
 	for _, bad := range []string{"tcp:8080", "sctp:1:2", "tcp:80:0", "tcp:-1:80", "tcp:8080:70000", "tcp:host,x:1:2", "tcp:8080::80"} {
 		if _, err := parseForward(bad); err == nil {
 			t.Errorf("parseForward(%q) accepted", bad)
+		}
+	}
+}
+
+// The early-start flags that make no sense together are usage errors
+// (exit 2) that say what to add or drop, before anything is read.
+func TestEarlyStartFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--access-log", "x"}, "add --early-start"},
+		{[]string{"--warm", "true"}, "add --early-start"},
+		{[]string{"--early-start", "--warm", "true"}, "--access-log FILE"},
+		{[]string{"--early-start", "--mem-write", "direct"}, "--mem-write with --early-start"},
+	} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), append([]string{"vm-resume"}, tc.args...), strings.NewReader(""), &out, &errb)
+		if err == nil || cliutil.ExitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v (exit %d); want a usage error with %q", tc.args, err, cliutil.ExitCode(err), tc.want)
+		}
+		if out.Len() > 0 {
+			t.Errorf("%v: wrote %q on stdout", tc.args, out.String())
 		}
 	}
 }
