@@ -16,7 +16,6 @@ import (
 
 	"cloudlet/format"
 	"cloudlet/lib/base"
-	"cloudlet/lib/capture"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/guesttest"
 	"cloudlet/lib/instance"
@@ -84,26 +83,8 @@ func lazyMounted(dir string) bool {
 // leaves no QEMU, mount or run folder; the base never changes.
 func TestEarlyStart(t *testing.T) {
 	kit := guesttest.Kit(t)
-	bdir := makeBase(t, kit)
-	b, err := base.Open(bdir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	so := StreamOptions{Options: Options{Name: "t", Accel: os.Getenv("CLOUDLET_ACCEL")}, KitDirs: []string{kit.Dir}, BaseDir: bdir}
-	so.RunDir = runDir(t, "b")
-	info, err := FromBase(context.Background(), bdir, so)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := attach(t, info, false)
-	v.con.Send("\n")
-	files, mem := prepare(v, 5)
-	before := counter(v)
-	full, err := io.ReadAll(captureTo(t, info, capture.Quit))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := customize(t, kit, 5)
+	bdir, b, so, files, mem, before, full := c.bdir, c.b, c.so, c.files, c.mem, c.before, c.full
 	diff := makeDiff(t, bytes.NewReader(full), bdir)
 
 	// Record the access order: resume through the served images until

@@ -90,26 +90,8 @@ func applyAndResumeWith(ctx context.Context, ov []byte, bdir string, so StreamOp
 // nothing behind.
 func TestOverlayRoundTrip(t *testing.T) {
 	kit := guesttest.Kit(t)
-	bdir := makeBase(t, kit)
-	b, err := base.Open(bdir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	so := StreamOptions{Options: Options{Name: "t", Accel: os.Getenv("CLOUDLET_ACCEL")}, KitDirs: []string{kit.Dir}}
-	so.RunDir = runDir(t, "b")
-	info, err := FromBase(context.Background(), bdir, so)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := attach(t, info, false)
-	v.con.Send("\n")
-	files, mem := prepare(v, 4)
-	before := counter(v)
-	full, err := io.ReadAll(captureTo(t, info, capture.Quit))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := customize(t, kit, 4)
+	bdir, b, so, files, mem, before, full := c.bdir, c.b, c.so, c.files, c.mem, c.before, c.full
 	overlays := map[string][]byte{}
 	for _, codec := range []string{"zstd", "xz"} {
 		overlays[codec] = makeOverlay(t, bytes.NewReader(full), bdir, codec)
@@ -169,3 +151,39 @@ func TestOverlayRoundTrip(t *testing.T) {
 }
 
 func readInfo(dir string) (*instance.Info, error) { return instance.Read(dir) }
+
+// customized is a VM resumed from a fresh base, changed by the reference
+// workload and captured.
+type customized struct {
+	bdir       string
+	b          *base.Base // open until the test ends
+	so         StreamOptions
+	files, mem string // what check expects
+	before     int    // the counter at capture
+	full       []byte // the full stream
+}
+
+// customize makes a base, resumes it, runs the workload with seed
+// (prepare) and captures the VM (vm-capture --quit).
+func customize(t *testing.T, kit guesttest.GuestKit, seed int) *customized {
+	c := &customized{bdir: makeBase(t, kit)}
+	var err error
+	if c.b, err = base.Open(c.bdir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.b.Close() })
+	c.so = StreamOptions{Options: Options{Name: "t", Accel: os.Getenv("CLOUDLET_ACCEL")}, KitDirs: []string{kit.Dir}, BaseDir: c.bdir}
+	c.so.RunDir = runDir(t, "b")
+	info, err := FromBase(context.Background(), c.bdir, c.so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attach(t, info, false)
+	v.con.Send("\n")
+	c.files, c.mem = prepare(v, seed)
+	c.before = counter(v)
+	if c.full, err = io.ReadAll(captureTo(t, info, capture.Quit)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
