@@ -31,7 +31,10 @@ type Options struct {
 	VNC       bool
 	ExtraArgs []string // the user's own QEMU args (command line only)
 	Admission Admission
-	Log       io.Writer
+	// Libvirt, when set, is the libvirt URI (qemu:///system) the VM runs
+	// under: a transient domain named after the instance (lib/virt).
+	Libvirt string
+	Log     io.Writer
 }
 
 var reVersion = regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`)
