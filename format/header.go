@@ -45,6 +45,10 @@ type VMDesc struct {
 	// VMGenID says the VM has a VM generation ID device (each resume gives
 	// it a new ID, so a guest with the driver reseeds its RNG).
 	VMGenID bool `msgpack:"vmgenid,omitempty" json:"vmgenid,omitempty"`
+	// Devices is the VM's device layout, each device at its PCI address
+	// (device.go). Absent in streams from before it was recorded: a
+	// consumer then uses its own fixed layout.
+	Devices []Device `msgpack:"devices,omitempty" json:"devices,omitempty"`
 }
 
 // FirmwareUEFI is VMDesc.Firmware for a VM started with UEFI (OVMF).
@@ -134,6 +138,17 @@ func (d *VMDesc) Validate() error {
 	for _, f := range d.Forwards {
 		if (f.Proto != "tcp" && f.Proto != "udp") || f.GuestPort == 0 {
 			return bad("forwards", f)
+		}
+	}
+	if err := ValidateDevices(d.Devices); err != nil {
+		return fmt.Errorf("%w: vm.devices: %v", ErrMalformed, err)
+	}
+	if len(d.Devices) > 0 {
+		if HasDriver(d.Devices, DriverVMGenID) != d.VMGenID {
+			return fmt.Errorf("%w: vm.vmgenid %v disagrees with vm.devices", ErrMalformed, d.VMGenID)
+		}
+		if HasDriver(d.Devices, DriverVirtioBlk) != (d.DiskSize > 0) {
+			return fmt.Errorf("%w: vm.devices: a %s device goes with a disk (disk_size %d)", ErrMalformed, DriverVirtioBlk, d.DiskSize)
 		}
 	}
 	return nil
