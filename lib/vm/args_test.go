@@ -242,3 +242,174 @@ func TestArgsFirmwareGenIDFreePort(t *testing.T) {
 		}
 	}
 }
+
+// devices returns the -device values of args.
+func devices(args []string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-device" {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+// The fixed layout (no Devices): the devices today's fields ask for, in
+// today's order, at the PCI slots QEMU gave them before addresses were
+// pinned (checked on QEMU 7.2 with "info pci": TestDeviceAddressesOnQEMU),
+// so bases and streams made before still load.
+func TestFixedLayoutGolden(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want []string
+	}{
+		{"disk and net", func(c *Config) {}, []string{
+			"virtio-blk-pci,id=vblk0,drive=disk0,romfile=,addr=02.0",
+			"virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=,addr=03.0",
+		}},
+		{"launch", func(c *Config) { c.VMGenID = true }, []string{
+			"virtio-blk-pci,id=vblk0,drive=disk0,romfile=,addr=02.0",
+			"virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=,addr=03.0",
+			"vmgenid,id=vmgenid0,guid=auto",
+		}},
+		{"everything", func(c *Config) { c.VNC, c.Balloon, c.VMGenID = true, true, true }, []string{
+			"VGA,id=video0,romfile=vgabios-stdvga.bin,addr=02.0",
+			"virtio-blk-pci,id=vblk0,drive=disk0,romfile=,addr=03.0",
+			"virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=,addr=04.0",
+			"virtio-balloon-pci,id=balloon0,free-page-reporting=off,romfile=,addr=05.0",
+			"vmgenid,id=vmgenid0,guid=auto",
+		}},
+		{"no disk, balloon", func(c *Config) { c.Disk, c.BaseDisk, c.Balloon = "", "", true }, []string{
+			"virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=,addr=02.0",
+			"virtio-balloon-pci,id=balloon0,free-page-reporting=off,romfile=,addr=03.0",
+		}},
+		{"nothing", func(c *Config) { c.Disk, c.BaseDisk, c.Forwards = "", "", nil }, nil},
+	} {
+		c := baseConfig()
+		tc.mod(&c)
+		a, err := c.Args()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := devices(a); strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+			t.Errorf("%s: devices\n%s\nwant\n%s", tc.name, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+		}
+		j := strings.Join(a, " ")
+		if !strings.Contains(j, "-vga none -display none") || strings.Contains(j, "-vga std") {
+			t.Errorf("%s: display options in %s", tc.name, j)
+		}
+		if strings.Contains(j, "-vnc") != c.VNC {
+			t.Errorf("%s: -vnc %v in %s", tc.name, c.VNC, j)
+		}
+		// The normalized list is what Args made them from.
+		n, err := c.Normalize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(devices(a)) != len(n.Devices) {
+			t.Errorf("%s: %d -device for %d Devices", tc.name, len(devices(a)), len(n.Devices))
+		}
+		// Normalizing again (Start, then Args) changes nothing.
+		if a2, err := n.Args(); err != nil || strings.Join(a2, " ") != j {
+			t.Errorf("%s: Args of the normalized config differ: %v\n%s\n%s", tc.name, err, strings.Join(a2, " "), j)
+		}
+	}
+}
+
+// A recorded layout (a QEMU started by hand: default VGA, the disk, a NIC
+// with its option ROM, the default serial and parallel ports) is created
+// as recorded.
+func TestArgsRecordedDevices(t *testing.T) {
+	c := baseConfig()
+	c.VMGenID = true // follows the list: none there
+	c.Devices = []Device{
+		{Driver: "VGA", Addr: "02.0", ROMFile: "vgabios-stdvga.bin", VGAMemMB: 16},
+		{Driver: "virtio-blk-pci", Addr: "03.0"},
+		{Driver: "virtio-net-pci", Addr: "04.0", ROMFile: "efi-virtio.rom"},
+		{Driver: "piix3-usb-uhci", Addr: "01.2"},
+		{Driver: "virtio-balloon-pci", Addr: "1f.0", Multifunction: true},
+		{Driver: "isa-serial"},
+		{Driver: "isa-serial", Index: 1},
+		{Driver: "isa-parallel"},
+	}
+	a, err := c.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"VGA,id=video0,vgamem_mb=16,romfile=vgabios-stdvga.bin,addr=02.0",
+		"virtio-blk-pci,id=vblk0,drive=disk0,romfile=,addr=03.0",
+		"virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=efi-virtio.rom,addr=04.0",
+		"piix3-usb-uhci,id=usb0,romfile=,addr=01.2",
+		"virtio-balloon-pci,id=balloon0,free-page-reporting=off,romfile=,addr=1f.0,multifunction=on",
+		"isa-serial,id=serial1,chardev=null-serial1,index=1",
+		"isa-parallel,id=parallel0,chardev=null-parallel0,index=0",
+	}
+	if got := devices(a); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("devices\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	j := strings.Join(a, " ")
+	for _, s := range []string{"-chardev null,id=null-serial1", "-chardev null,id=null-parallel0", "-serial chardev:ser0", "-vga none", "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"} {
+		if !strings.Contains(j, s) {
+			t.Errorf("args lack %q: %s", s, j)
+		}
+	}
+	if strings.Contains(j, "vmgenid") {
+		t.Errorf("vmgenid outside the list: %s", j)
+	}
+	n, err := c.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.Balloon || n.VMGenID {
+		t.Errorf("Balloon %v VMGenID %v do not follow the list", n.Balloon, n.VMGenID)
+	}
+	// VNC only adds the display: the list has one.
+	c.VNC = true
+	if a, err := c.Args(); err != nil || len(devices(a)) != len(want) || !strings.Contains(strings.Join(a, " "), "-vnc unix:") {
+		t.Errorf("VNC: %v %q", err, a)
+	}
+	// A NIC without a netdev stays unconnected.
+	c.Net, c.Forwards = false, nil
+	if a, err := c.Args(); err != nil || strings.Contains(strings.Join(a, " "), "netdev") {
+		t.Errorf("NIC without Net: %v %q", err, a)
+	}
+	// Normalize does not share the caller's list.
+	n.Devices[0].Addr = "07.0"
+	if c.Devices[0].Addr != "02.0" {
+		t.Error("Normalize aliases Devices")
+	}
+}
+
+func TestRecordedDevicesRejected(t *testing.T) {
+	rec := func() []Device {
+		return []Device{{Driver: "virtio-blk-pci", Addr: "02.0"}, {Driver: "virtio-net-pci", Addr: "03.0"}}
+	}
+	for name, mod := range map[string]func(*Config){
+		"unknown driver":     func(c *Config) { c.Devices = append(c.Devices, Device{Driver: "virtio-rng-pci", Addr: "04.0"}) },
+		"injected driver":    func(c *Config) { c.Devices[0].Driver = "virtio-blk-pci,drive=x" },
+		"injected addr":      func(c *Config) { c.Devices[0].Addr = "02.0,romfile=/x" },
+		"injected romfile":   func(c *Config) { c.Devices[1].ROMFile = "x.rom,bootindex=1" },
+		"same addr":          func(c *Config) { c.Devices[1].Addr = "02.0" },
+		"disk, no device":    func(c *Config) { c.Devices = c.Devices[1:] },
+		"device, no disk":    func(c *Config) { c.Disk, c.BaseDisk = "", "" },
+		"forwards, no NIC":   func(c *Config) { c.Devices = c.Devices[:1] },
+		"net, no NIC":        func(c *Config) { c.Devices, c.Forwards, c.Net = c.Devices[:1], nil, true },
+		"fpr, no balloon":    func(c *Config) { c.Balloon, c.FreePageReporting = true, true },
+		"two disks":          func(c *Config) { c.Devices = append(c.Devices, Device{Driver: "virtio-blk-pci", Addr: "04.0"}) },
+		"ISA port with addr": func(c *Config) { c.Devices = append(c.Devices, Device{Driver: "isa-serial", Index: 1, Addr: "04.0"}) },
+	} {
+		c := baseConfig()
+		c.Devices = rec()
+		mod(&c)
+		if a, err := c.Args(); err == nil {
+			t.Errorf("%s: accepted: %q", name, devices(a))
+		}
+	}
+	c := baseConfig()
+	c.Devices = rec()
+	if _, err := c.Args(); err != nil {
+		t.Fatal(err)
+	}
+}

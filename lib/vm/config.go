@@ -6,8 +6,11 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+
+	"cloudlet/format"
 )
 
 // Defaults used when a Config field is left empty.
@@ -124,8 +127,61 @@ type Config struct {
 	// start), which must not outlive it.
 	DieWithParent bool
 
+	// Devices is the VM's device layout, every PCI device at its address
+	// (see Device). Left nil, Normalize derives the fixed layout from the
+	// fields above, in this order, PCI slots from 2 on as QEMU assigns
+	// them on pc-i440fx with -nodefaults: VGA if VNC, virtio-blk-pci if
+	// Disk, virtio-net-pci without option ROM if Net or Forwards,
+	// virtio-balloon-pci if Balloon, vmgenid if VMGenID. Set (from a
+	// captured VM description), it is exactly the devices QEMU gets: the
+	// virtio-blk-pci is bound to Disk, the virtio-net-pci to the user-mode
+	// netdev, Balloon and VMGenID follow the list, and VNC only adds the
+	// display. A normalized Config always has Devices: the one list that
+	// both Args and a libvirt domain are made from.
+	Devices []Device
+
 	Binary    string   // QEMU binary; default qemu-system-x86_64
 	ExtraArgs []string // the user's own args, appended verbatim (command line only)
+}
+
+// Device is one device of the VM: a QEMU driver (format.DriverVGA, ...),
+// its PCI address "SS.F" on the root bus ("" for vmgenid and ISA ports),
+// its option ROM and, for ISA ports, its index. The same type as the VM
+// description's device list (format.Device).
+//
+// The serial console is always there: it is isa-serial index 0, made by
+// "-serial" (a Device isa-serial with Index 0 stands for it); other
+// isa-serial and isa-parallel ports get a null chardev.
+type Device = format.Device
+
+// defaultVGAROM is the option ROM of QEMU's VGA (the fixed layout's display).
+const defaultVGAROM = "vgabios-stdvga.bin"
+
+// fixedDevices is the layout of a Config without Devices.
+func (c Config) fixedDevices() []Device {
+	var out []Device
+	slot := 2 // 0: host bridge; 1: PIIX3, IDE, ACPI
+	pci := func(d Device) {
+		d.Addr = format.PCIAddr(slot, 0)
+		slot++
+		out = append(out, d)
+	}
+	if c.VNC {
+		pci(Device{Driver: format.DriverVGA, ROMFile: defaultVGAROM})
+	}
+	if c.Disk != "" {
+		pci(Device{Driver: format.DriverVirtioBlk})
+	}
+	if c.Net || len(c.Forwards) > 0 {
+		pci(Device{Driver: format.DriverVirtioNet})
+	}
+	if c.Balloon {
+		pci(Device{Driver: format.DriverVirtioBalloon})
+	}
+	if c.VMGenID {
+		out = append(out, Device{Driver: format.DriverVMGenID})
+	}
+	return out
 }
 
 var (
@@ -200,6 +256,13 @@ func (c Config) Normalize() (Config, error) {
 	}
 	if c.Binary == "" {
 		c.Binary = DefaultBinary
+	}
+	if c.Devices == nil {
+		c.Devices = c.fixedDevices()
+	} else {
+		c.Devices = slices.Clone(c.Devices)
+		c.Balloon = format.HasDriver(c.Devices, format.DriverVirtioBalloon)
+		c.VMGenID = format.HasDriver(c.Devices, format.DriverVMGenID)
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]
@@ -303,6 +366,15 @@ func (c Config) validate() error {
 	if !reMAC.MatchString(c.MAC) {
 		return fmt.Errorf("vm: bad MAC %q (want lower-case xx:xx:xx:xx:xx:xx)", c.MAC)
 	}
+	if err := format.ValidateDevices(c.Devices); err != nil {
+		return fmt.Errorf("vm: Devices: %v", err)
+	}
+	if has := format.HasDriver(c.Devices, format.DriverVirtioBlk); has != (c.Disk != "") {
+		return fmt.Errorf("vm: Devices: a %s device goes with Disk (has device %v, Disk %q)", format.DriverVirtioBlk, has, c.Disk)
+	}
+	if (c.Net || len(c.Forwards) > 0) && !format.HasDriver(c.Devices, format.DriverVirtioNet) {
+		return fmt.Errorf("vm: Net and Forwards need a %s device in Devices", format.DriverVirtioNet)
+	}
 	if c.FreePageReporting && !c.Balloon {
 		return errors.New("vm: FreePageReporting needs Balloon")
 	}
@@ -377,10 +449,10 @@ func (c Config) Args() ([]string, error) {
 				",mem-path="+c.MemPath+
 				",share="+share)
 	}
+	// Every device, the display too, comes from c.Devices.
+	a = append(a, "-vga", "none", "-display", "none")
 	if c.VNC {
-		a = append(a, "-vga", "std", "-display", "none", "-vnc", "unix:"+c.VNCPath())
-	} else {
-		a = append(a, "-vga", "none", "-display", "none")
+		a = append(a, "-vnc", "unix:"+c.VNCPath())
 	}
 	a = append(a,
 		"-chardev", "socket,id=qmp0,path="+c.QMPPath()+",server=on,wait=off",
@@ -404,31 +476,67 @@ func (c Config) Args() ([]string, error) {
 		}
 	}
 	if c.Disk != "" {
-		a = append(a,
-			"-blockdev", "driver=qcow2,node-name="+DiskNodeID+",discard=unmap,file.driver=file,file.filename="+c.Disk,
-			"-device", "virtio-blk-pci,id=vblk0,drive="+DiskNodeID)
+		a = append(a, "-blockdev", "driver=qcow2,node-name="+DiskNodeID+",discard=unmap,file.driver=file,file.filename="+c.Disk)
 	}
 	if c.Net || len(c.Forwards) > 0 {
 		nd := "user,id=" + NetDevID
 		for _, f := range c.Forwards {
 			nd += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Proto, f.HostAddr, f.HostPort, f.GuestPort)
 		}
-		a = append(a, "-netdev", nd,
-			"-device", "virtio-net-pci,id=vnet0,netdev="+NetDevID+",mac="+c.MAC+",romfile=")
+		a = append(a, "-netdev", nd)
 	}
-	if c.Balloon {
-		fpr := "off"
-		if c.FreePageReporting {
-			fpr = "on"
-		}
-		a = append(a, "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting="+fpr)
-	}
-	if c.VMGenID {
-		a = append(a, "-device", "vmgenid,id=vmgenid0,guid=auto")
+	for _, d := range c.Devices {
+		a = append(a, c.deviceArgs(d)...)
 	}
 	if c.Incoming {
 		a = append(a, "-incoming", "defer")
 	}
 	a = append(a, c.ExtraArgs...)
 	return a, nil
+}
+
+// deviceArgs returns the options that create d: its -device (PCI devices
+// with romfile= and addr= pinned) and the null chardev of an extra ISA
+// port. The serial console (isa-serial 0) is -serial's, so it adds none.
+func (c Config) deviceArgs(d Device) []string {
+	var opt string
+	switch d.Driver {
+	case format.DriverVirtioBlk:
+		opt = "id=vblk0,drive=" + DiskNodeID
+	case format.DriverVirtioNet:
+		opt = "id=vnet0"
+		if c.Net || len(c.Forwards) > 0 {
+			opt += ",netdev=" + NetDevID
+		}
+		opt += ",mac=" + c.MAC
+	case format.DriverVirtioBalloon:
+		fpr := "off"
+		if c.FreePageReporting {
+			fpr = "on"
+		}
+		opt = "id=balloon0,free-page-reporting=" + fpr
+	case format.DriverVMGenID:
+		opt = "id=vmgenid0,guid=auto"
+	case format.DriverUHCI:
+		opt = "id=usb0"
+	case format.DriverVGA, format.DriverCirrus:
+		opt = "id=video0"
+		if d.VGAMemMB != 0 {
+			opt += ",vgamem_mb=" + strconv.Itoa(d.VGAMemMB)
+		}
+	case format.DriverSerial, format.DriverParallel:
+		if d.Driver == format.DriverSerial && d.Index == 0 {
+			return nil
+		}
+		id := strings.TrimPrefix(d.Driver, "isa-") + strconv.Itoa(d.Index)
+		return []string{"-chardev", "null,id=null-" + id,
+			"-device", fmt.Sprintf("%s,id=%s,chardev=null-%s,index=%d", d.Driver, id, id, d.Index)}
+	}
+	if d.Addr != "" {
+		opt += ",romfile=" + d.ROMFile + ",addr=" + d.Addr
+		if d.Multifunction {
+			opt += ",multifunction=on"
+		}
+	}
+	return []string{"-device", d.Driver + "," + opt}
 }
