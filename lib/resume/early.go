@@ -202,6 +202,7 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 	info := infoFor(in, cfg)
 	info.Resumed, info.DiskImage, info.BaseID = "base", s.image, b.ID()
 	info.VM = h.VM
+	info.VM.Devices = in.Config.Devices
 	info.VM.IgnoreShared = false // a private mapping is captured through migration
 	info.VM.Forwards = toFormatForwards(in.Config.Forwards)
 	info.Server, info.Mount = os.Getpid(), mount

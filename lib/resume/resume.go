@@ -321,6 +321,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 	cl.inst = in
 	info := infoFor(in, cfg)
 	desc.Machine, desc.CPU = in.Config.Machine, in.Config.CPU
+	desc.Devices = in.Config.Devices // the layout it started with (normalized)
 	desc.RAMBlocks = []format.RAMBlock{{ID: vm.MemBackendID, Size: desc.MemSize}}
 	desc.Forwards = toFormatForwards(in.Config.Forwards)
 	if v, err := vm.QEMUVersion(); err == nil {

@@ -118,9 +118,22 @@ func prepareStream(r *format.Reader, so *StreamOptions) (_ *streamSetup, err err
 		}
 	}
 
+	// A stream with a device list gets exactly those devices (a NIC only
+	// if it had one); one from before, the fixed layout.
+	devs := h.VM.Devices
+	hasNIC := devs == nil || format.HasDriver(devs, format.DriverVirtioNet)
 	forwards, recorded := so.Forwards, false
 	if forwards == nil {
 		forwards, recorded = fromFormatForwards(h.VM.Forwards), true
+	}
+	if !hasNIC {
+		if !recorded && len(forwards) > 0 {
+			return nil, fmt.Errorf("the VM has no network device (it was captured without one): port forwards need one")
+		}
+		forwards = nil
+	}
+	if devs != nil && so.VNC && !hasDisplay(devs) && so.Log != nil {
+		fmt.Fprintf(so.Log, "vm-resume: warning: this VM has no display device (it was captured without one): its VNC display stays blank\n")
 	}
 	if forwards, err = placeForwards(forwards, recorded, so.Ports, so.Log); err != nil {
 		return nil, err
@@ -128,8 +141,8 @@ func prepareStream(r *format.Reader, so *StreamOptions) (_ *streamSetup, err err
 	s.cfg = vm.Config{
 		Name: so.Name, RunDir: dir, MemMiB: int(h.VM.MemSize >> 20), Machine: h.VM.Machine, CPU: h.VM.CPU,
 		Kernel: files[base.KernelFile], Initrd: files[base.InitrdFile], Append: h.VM.Append,
-		Forwards: forwards, Net: true, Incoming: true, VNC: so.VNC, Accel: so.Accel, ExtraArgs: so.ExtraArgs,
-		VMGenID: h.VM.VMGenID,
+		Forwards: forwards, Net: hasNIC, Incoming: true, VNC: so.VNC, Accel: so.Accel, ExtraArgs: so.ExtraArgs,
+		VMGenID: h.VM.VMGenID, Devices: devs,
 	}
 	if !h.VM.VMGenID && so.Log != nil {
 		fmt.Fprintf(so.Log, "vm-resume: warning: this VM has no VM generation ID device (its base was made before vm-resume launch added one, or QEMU was started by hand): every instance resumed from it starts with the same RNG state; make the base again with cloudlet base to fix that\n")
@@ -222,6 +235,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	info := infoFor(in, cfg)
 	info.Resumed, info.DiskImage = "full", image
 	info.VM = h.VM
+	info.VM.Devices = in.Config.Devices // what it runs with, for its next capture
 	if b != nil {
 		info.BaseID, info.Resumed = b.ID(), "base"
 		info.VM.IgnoreShared = false // a private mapping is captured through migration
@@ -239,6 +253,16 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	releaseRunDir(dir)
 	cl.done = true
 	return info, nil
+}
+
+// hasDisplay reports whether a device list has a display device.
+func hasDisplay(devs []format.Device) bool {
+	for _, d := range devs {
+		if info, _ := format.Driver(d.Driver); info.Display {
+			return true
+		}
+	}
+	return false
 }
 
 func mainBlock(d format.VMDesc) string {
