@@ -149,8 +149,8 @@ func ValidateDevices(devs []Device) error {
 			return fmt.Errorf("%s: index %d out of range [0, %d]", d.Driver, d.Index, info.MaxIndex)
 		}
 		if info.Display {
-			if d.VGAMemMB < 0 || d.VGAMemMB > 256 {
-				return fmt.Errorf("%s: vgamem_mb %d out of range [0, 256]", d, d.VGAMemMB)
+			if d.VGAMemMB < 0 || d.VGAMemMB > 512 {
+				return fmt.Errorf("%s: vgamem_mb %d out of range [0, 512]", d, d.VGAMemMB)
 			}
 		} else if d.VGAMemMB != 0 {
 			return fmt.Errorf("%s: vgamem_mb is for display devices", d)

@@ -77,7 +77,7 @@ func TestDevicesRejected(t *testing.T) {
 		{"serial twice", func(d *VMDesc) { d.Devices = append(d.Devices, Device{Driver: DriverSerial}) }, "two devices"},
 		{"PCI index", func(d *VMDesc) { d.Devices[2].Index = 1 }, "index"},
 		{"vgamem on a NIC", func(d *VMDesc) { d.Devices[2].VGAMemMB = 16 }, "vgamem"},
-		{"vgamem huge", func(d *VMDesc) { d.Devices[0].VGAMemMB = 4096 }, "vgamem"},
+		{"vgamem huge", func(d *VMDesc) { d.Devices[0].VGAMemMB = 1024 }, "vgamem"},
 		{"too many", func(d *VMDesc) {
 			for i := 0; i < MaxDevices; i++ {
 				d.Devices = append(d.Devices, Device{Driver: DriverSerial, Index: 1})

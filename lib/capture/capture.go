@@ -256,6 +256,12 @@ func describe(ctx context.Context, c *qmpctl.Client, opt Options) (vm format.VMD
 		}
 		return vm, "mem", memFile, nil
 	}
+	// Any other QEMU: its devices first, so that one vm-resume cannot
+	// recreate is refused before the VM stops.
+	if vm.Devices, err = listDevices(ctx, c, opt.Disk); err != nil {
+		return
+	}
+	vm.VMGenID = format.HasDriver(vm.Devices, format.DriverVMGenID)
 	if vm.Machine, err = c.QueryMachine(ctx); err != nil {
 		return
 	}
