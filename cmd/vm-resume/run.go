@@ -17,6 +17,7 @@ import (
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
 	"cloudlet/lib/resume"
+	"cloudlet/lib/virt"
 	"cloudlet/lib/vm"
 
 	"github.com/urfave/cli/v2"
@@ -40,6 +41,12 @@ stream has been read and verified.
    overlay-apply --base B < app.overlay | vm-resume --base B
    ssh cloudlet 'overlay-apply | vm-resume' < app.overlay
 
+With --libvirt [URI] the VM runs as a transient libvirt domain (named
+after its run folder), visible to virsh and to anything that manages VMs
+through libvirt; virsh destroy ends it, and vm-resume stop destroys it:
+
+   ssh cloudlet 'overlay-apply | vm-resume --libvirt' < app.overlay
+
 With --early-start the guest runs as soon as the device state (and what
 QEMU reads before the guest runs) has arrived: its memory and disk are
 served on demand from a FUSE mount in the run folder, and a page not yet
@@ -60,6 +67,7 @@ stream. Your own QEMU arguments go after --.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var o resume.Options
+	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
 	var fwds cli.StringSlice
 	var wait bool
 	var kits cli.StringSlice
@@ -73,6 +81,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		&cli.IntFlag{Name: "max-instances", Usage: "refuse to start another instance when this many run or are starting under the run root (0: no limit)", EnvVars: []string{"CLOUDLET_MAX_INSTANCES"}, Destination: &o.Admission.MaxInstances},
 		&cli.IntFlag{Name: "reserve-mib", Usage: "refuse to start another instance unless this much host memory (MiB) stays available after its overhead (0: no check)", Value: 256, EnvVars: []string{"CLOUDLET_RESERVE_MIB"}, Destination: &o.Admission.ReserveMiB},
 		cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits}),
+		&cli.StringFlag{Name: "libvirt", Usage: "run the VM as a transient libvirt domain named after the run folder, at this libvirt URI (--libvirt alone: " + virt.DefaultURI + "); virsh list, console, destroy work on it", Destination: &o.Libvirt},
 	}
 	prepare := func(c *cli.Context) error {
 		o.Log = stderr
@@ -136,6 +145,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				return cliutil.Usagef("--access-log and --warm record an early start: add --early-start")
 			case warm != "" && accessLog == "":
 				return cliutil.Usagef("--warm warms the guest up for --access-log FILE: add it")
+			case early && o.Libvirt != "":
+				return cliutil.Usagef("--early-start does not run under --libvirt yet (the VM must die with the process that serves its memory)")
 			case early && c.IsSet("mem-write"):
 				return cliutil.Usagef("--mem-write with --early-start: the pages are served on demand, not written")
 			case early && os.Getenv(serverEnv) != "":

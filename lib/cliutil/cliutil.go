@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -188,4 +189,27 @@ func OpenTerminal() (term, master *os.File, err error) {
 		return nil, nil, err
 	}
 	return t, m, nil
+}
+
+// OptionalValue lets a string flag be given without its value, as
+// "--name [VALUE]": where --name is not followed by a value that looks like
+// one (contains ':', as a URI does), def is put in. Arguments after "--"
+// are left alone.
+func OptionalValue(args []string, name, def string) []string {
+	out := make([]string, 0, len(args)+1)
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		out = append(out, a)
+		if a == "--" {
+			return append(out, args[i+1:]...)
+		}
+		if a != "--"+name && a != "-"+name {
+			continue
+		}
+		if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && strings.Contains(args[i+1], ":") {
+			continue
+		}
+		out = append(out, def)
+	}
+	return out
 }

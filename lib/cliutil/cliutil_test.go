@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"cloudlet/format"
@@ -89,5 +90,21 @@ func TestProfile(t *testing.T) {
 	startProfile("other")()
 	if _, err := os.Stat(filepath.Join(dir, "other.pprof")); err == nil {
 		t.Fatal("a profile was written with the variable unset")
+	}
+}
+
+func TestOptionalValue(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"x --libvirt", "x --libvirt D"},
+		{"x --libvirt --name a", "x --libvirt D --name a"},
+		{"x --libvirt qemu+ssh://h/system --name a", "x --libvirt qemu+ssh://h/system --name a"},
+		{"x -libvirt launch", "x -libvirt D launch"},
+		{"x --name a -- --libvirt", "x --name a -- --libvirt"},
+		{"x --libvirt=qemu:///session", "x --libvirt=qemu:///session"},
+	} {
+		got := strings.Join(OptionalValue(strings.Fields(tc.in), "libvirt", "D"), " ")
+		if got != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }

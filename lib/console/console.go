@@ -7,17 +7,21 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
-// Console is a connection to a serial console socket.
+// Console is a connection to a serial console: a socket, or the
+// pseudo-terminal libvirt gives a domain's console.
 type Console struct {
-	conn net.Conn
+	conn io.ReadWriteCloser
 
 	mu     sync.Mutex
 	buf    []byte        // everything read so far
@@ -29,8 +33,18 @@ type Console struct {
 }
 
 // Dial connects to the unix socket at path, retrying until it exists and
-// accepts the connection or ctx ends.
+// accepts the connection or ctx ends; a terminal (a character device) is
+// opened instead.
 func Dial(ctx context.Context, path string) (*Console, error) {
+	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOCTTY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		c := &Console{conn: f, notify: make(chan struct{})}
+		go c.readLoop()
+		return c, nil
+	}
 	var d net.Dialer
 	for {
 		conn, err := d.DialContext(ctx, "unix", path)

@@ -40,6 +40,10 @@ type Summary struct {
 	// Server is the process that serves an early-started VM's memory
 	// and disk (vm-resume --early-start); the VM dies with it.
 	Server int `json:"server_pid,omitempty"`
+	// Libvirt and Domain name the libvirt daemon and the transient domain
+	// the VM runs as (vm-resume --libvirt).
+	Libvirt string `json:"libvirt_uri,omitempty"`
+	Domain  string `json:"libvirt_domain,omitempty"`
 	// Timings in seconds, for the curious and for benchmarks.
 	Timings map[string]float64 `json:"timings,omitempty"`
 }

@@ -29,13 +29,13 @@ type feedResult struct {
 // migration from the device state spool and the sink's pages, and waits
 // for it to complete. On an error it aborts the pipeline so the reader
 // stops too.
-func (p *pipeline) feed(ctx context.Context, cfg vm.Config, ignoreShared bool) (res feedResult) {
+func (p *pipeline) feed(ctx context.Context, start func(context.Context, vm.Config) (*vm.Instance, error), cfg vm.Config, ignoreShared bool) (res feedResult) {
 	defer func() {
 		if res.err != nil {
 			p.abort(res.err, true)
 		}
 	}()
-	in, err := vm.Start(ctx, cfg)
+	in, err := start(ctx, cfg)
 	if err != nil {
 		res.err = err
 		return res

@@ -18,6 +18,7 @@ import (
 	"cloudlet/lib/instance"
 	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/qmpctl"
+	"cloudlet/lib/virt"
 	"cloudlet/lib/vm"
 )
 
@@ -88,6 +89,21 @@ func newRunDir(opt *Options) (string, error) {
 	return dir, nil
 }
 
+// start starts the VM's QEMU: a process of ours, or a libvirt domain.
+func (o *Options) start(ctx context.Context, cfg vm.Config) (*vm.Instance, error) {
+	if o.Libvirt == "" {
+		return vm.Start(ctx, cfg)
+	}
+	return virt.Start(ctx, o.Libvirt, cfg)
+}
+
+// describe records in info how the VM runs.
+func (o *Options) describe(info *instance.Info) {
+	if o.Libvirt != "" {
+		info.Libvirt, info.Domain = o.Libvirt, virt.DomainName(info.RunDir)
+	}
+}
+
 // cleanup undoes a half-made instance.
 type cleanup struct {
 	dir  string
@@ -121,6 +137,12 @@ func Stop(ctx context.Context, runDir string) error {
 	info, err := instance.Read(runDir)
 	if err != nil {
 		return err
+	}
+	if info.Domain != "" {
+		// Through libvirt, so that it knows the domain ended.
+		if err := virt.DestroyDomain(ctx, info.Libvirt, info.Domain); err != nil && vm.Alive(info.Pid) {
+			return err
+		}
 	}
 	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	if c, err := qmpctl.Dial(qctx, info.QMP); err == nil {
@@ -314,7 +336,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 			return nil, err
 		}
 	}
-	in, err := vm.Start(ctx, cfg)
+	in, err := lo.start(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -328,6 +350,7 @@ func Launch(ctx context.Context, lo LaunchOptions) (*instance.Info, error) {
 		desc.QEMUVersion = reVersion.FindString(v)
 	}
 	info.VM, info.DiskImage, info.Resumed = desc, img.Path, "image"
+	lo.describe(info)
 	info.Timings["launch"] = time.Since(start).Seconds()
 	if err := instance.Write(dir, info); err != nil {
 		return nil, err

@@ -39,7 +39,10 @@ func isStale(dir string) bool {
 		return !vm.Alive(pid) // early start: the VM cannot outlive its server
 	}
 	if _, err := os.Stat(filepath.Join(dir, instance.FileName)); err == nil {
-		return false
+		// A complete instance; under libvirt it ends without us (virsh
+		// destroy, shutdown), and its folder is left to sweep.
+		info, err := instance.Read(dir)
+		return err == nil && info.Domain != "" && !vm.Alive(info.Pid)
 	}
 	pid, err := vm.ReadPid(filepath.Join(dir, OwnerFile))
 	return err == nil && !vm.Alive(pid)

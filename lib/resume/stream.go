@@ -210,7 +210,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 	// still being read; the guest runs only after END verified (pipeline
 	// in the package comment).
 	fed := make(chan feedResult, 1)
-	go func() { fed <- sp.feed(ctx, cfg, h.VM.IgnoreShared) }()
+	go func() { fed <- sp.feed(ctx, so.start, cfg, h.VM.IgnoreShared) }()
 	if err := sp.read(ctx, r); err != nil {
 		sp.abort(err, false)
 	} else {
@@ -241,6 +241,7 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		info.VM.IgnoreShared = false // a private mapping is captured through migration
 	}
 	info.VM.Forwards = toFormatForwards(in.Config.Forwards)
+	so.describe(info)
 	info.Timings = map[string]float64{
 		"qemu_ready":  res.ready.Sub(start).Seconds(),
 		"read_stream": readDone.Sub(start).Seconds(),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -22,63 +23,33 @@ type Instance struct {
 	Accel  string // the accelerator actually used ("tcg" or "kvm")
 	Pid    int
 
-	cmd     *exec.Cmd // nil when attached
+	cmd     *exec.Cmd    // nil when attached or adopted
+	kill    func() error // how to end an adopted QEMU (its owner destroys it)
+	serial  string       // an adopted QEMU's console, when not Config.SerialPath()
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
 }
 
 // RunDir, QMPPath, SerialPath, SerialLog, PidFile and MemPath of the instance.
-func (in *Instance) RunDir() string     { return in.Config.RunDir }
-func (in *Instance) QMPPath() string    { return in.Config.QMPPath() }
-func (in *Instance) SerialPath() string { return in.Config.SerialPath() }
-func (in *Instance) SerialLog() string  { return in.Config.SerialLog() }
-func (in *Instance) PidFile() string    { return in.Config.PidFile() }
-func (in *Instance) MemPath() string    { return in.Config.MemPath }
+func (in *Instance) RunDir() string  { return in.Config.RunDir }
+func (in *Instance) QMPPath() string { return in.Config.QMPPath() }
+func (in *Instance) SerialPath() string {
+	if in.serial != "" {
+		return in.serial
+	}
+	return in.Config.SerialPath()
+}
+func (in *Instance) SerialLog() string { return in.Config.SerialLog() }
+func (in *Instance) PidFile() string   { return in.Config.PidFile() }
+func (in *Instance) MemPath() string   { return in.Config.MemPath }
 
-// Start validates cfg, prepares RunDir (created 0700; it may exist but then
-// must not hold a live instance), creates the disk top layer if asked, and
-// starts QEMU in its own session. It returns once QEMU is ready (QMP answers
+// Start prepares what cfg needs (see Prepare) and starts QEMU in its own
+// session. It returns once QEMU is ready (QMP answers
 // and the memory file exists), or with an error that includes the tail of
 // QEMU's log if QEMU exits first.
 func Start(ctx context.Context, cfg Config) (*Instance, error) {
-	c, err := cfg.Normalize()
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(c.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
-	}
-	if err := os.Chmod(c.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
-	}
-	if pid, err := ReadPid(c.PidFile()); err == nil && Alive(pid) {
-		return nil, fmt.Errorf("vm: %s already holds a running QEMU (pid %d)", c.RunDir, pid)
-	}
-	for _, p := range []string{c.QMPPath(), c.SerialPath(), c.PidFile()} {
-		_ = os.Remove(p)
-	}
-	if !c.MemShare && !c.MemPlain {
-		// A private mapping of a base memory file: it must exist and is
-		// never written (MAP_PRIVATE; free page reporting refused).
-		st, err := os.Stat(c.MemPath)
-		if err != nil {
-			return nil, fmt.Errorf("vm: MemShare off needs an existing memory file: %w", err)
-		}
-		if st.Size() != int64(c.MemMiB)<<20 {
-			return nil, fmt.Errorf("vm: memory file %s is %d bytes, want %d", c.MemPath, st.Size(), int64(c.MemMiB)<<20)
-		}
-	}
-	if c.Disk != "" {
-		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) && c.BaseDisk != "" {
-			if err := disk.CreateTop(ctx, c.BaseDisk, c.BaseFormat, c.Disk); err != nil {
-				return nil, err
-			}
-		} else if err != nil {
-			return nil, fmt.Errorf("vm: disk: %w", err)
-		}
-	}
-	accel, err := ResolveAccel(ctx, c)
+	c, accel, err := Prepare(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +85,7 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	}()
 	err = in.waitReady(ctx)
 	if err == nil {
-		err = in.fillFreePorts(ctx)
+		err = in.FillFreePorts(ctx)
 	}
 	if err != nil {
 		_ = in.Kill()
@@ -152,8 +123,8 @@ func (in *Instance) readyNow(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if st.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("%s is not a socket", p)
+		if st.Mode()&(os.ModeSocket|os.ModeCharDevice) == 0 {
+			return fmt.Errorf("%s is not a socket or a terminal", p)
 		}
 	}
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -183,6 +154,56 @@ func (in *Instance) LogTail(n int) string {
 	return strings.TrimSpace(string(b))
 }
 
+// Prepare validates cfg and readies what a start needs: RunDir (created
+// 0700; it may exist but then must not hold a live instance), the existing
+// base memory file of a private mapping, and the disk top layer (created
+// over BaseDisk if asked). It returns the normalized config and the
+// accelerator to use. Start calls it; so does lib/virt, whose QEMU
+// libvirtd starts.
+func Prepare(ctx context.Context, cfg Config) (Config, string, error) {
+	c, err := cfg.Normalize()
+	if err != nil {
+		return c, "", err
+	}
+	if err := os.MkdirAll(c.RunDir, 0o700); err != nil {
+		return c, "", fmt.Errorf("vm: %w", err)
+	}
+	if err := os.Chmod(c.RunDir, 0o700); err != nil {
+		return c, "", fmt.Errorf("vm: %w", err)
+	}
+	if pid, err := ReadPid(c.PidFile()); err == nil && Alive(pid) {
+		return c, "", fmt.Errorf("vm: %s already holds a running QEMU (pid %d)", c.RunDir, pid)
+	}
+	for _, p := range []string{c.QMPPath(), c.SerialPath(), c.PidFile()} {
+		_ = os.Remove(p)
+	}
+	if !c.MemShare && !c.MemPlain {
+		// A private mapping of a base memory file: it must exist and is
+		// never written (MAP_PRIVATE; free page reporting refused).
+		st, err := os.Stat(c.MemPath)
+		if err != nil {
+			return c, "", fmt.Errorf("vm: MemShare off needs an existing memory file: %w", err)
+		}
+		if st.Size() != int64(c.MemMiB)<<20 {
+			return c, "", fmt.Errorf("vm: memory file %s is %d bytes, want %d", c.MemPath, st.Size(), int64(c.MemMiB)<<20)
+		}
+	}
+	if c.Disk != "" {
+		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) && c.BaseDisk != "" {
+			if err := disk.CreateTop(ctx, c.BaseDisk, c.BaseFormat, c.Disk); err != nil {
+				return c, "", err
+			}
+		} else if err != nil {
+			return c, "", fmt.Errorf("vm: disk: %w", err)
+		}
+	}
+	accel, err := ResolveAccel(ctx, c)
+	if err != nil {
+		return c, "", err
+	}
+	return c, accel, nil
+}
+
 // Attach returns an Instance for a QEMU started earlier (possibly by another
 // process) with the given config, found through its pidfile.
 func Attach(cfg Config) (*Instance, error) {
@@ -205,6 +226,56 @@ func Attach(cfg Config) (*Instance, error) {
 		close(in.done)
 	}()
 	return in, nil
+}
+
+// Adopt returns an Instance for a QEMU that another process (libvirtd)
+// started with cfg (normalized by Prepare; accel is what it runs with),
+// once it is ready as Start means it. serial is its console (a socket or
+// a pseudo-terminal) when it is not cfg.SerialPath(). Its pid is the peer
+// of its QMP socket; kill ends it through its owner. Forwards with host
+// port 0 are not filled in: the owner adds forwards later (FillFreePorts).
+func Adopt(ctx context.Context, cfg Config, accel, serial string, kill func() error) (*Instance, error) {
+	in := &Instance{Config: cfg, Accel: accel, kill: kill, serial: serial, done: make(chan struct{})}
+	if err := in.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	pid, err := SocketPeerPid(cfg.QMPPath())
+	if err != nil {
+		return nil, fmt.Errorf("vm: which process serves %s: %w", cfg.QMPPath(), err)
+	}
+	in.Pid = pid
+	go func() {
+		for Alive(pid) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(in.done)
+	}()
+	return in, nil
+}
+
+// SocketPeerPid returns the pid of the process listening on a unix
+// socket (SO_PEERCRED of a connection to it).
+func SocketPeerPid(path string) (int, error) {
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, cerr
+	}
+	return int(cred.Pid), nil
 }
 
 // ReadPid reads a pid file (QEMU's, or a run folder's owner file).
@@ -266,8 +337,16 @@ func (in *Instance) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// Kill ends QEMU with SIGKILL at once.
-func (in *Instance) Kill() error { return in.Signal(syscall.SIGKILL) }
+// Kill ends QEMU at once: SIGKILL, or for an adopted QEMU its owner's
+// kill (SIGKILL if that fails).
+func (in *Instance) Kill() error {
+	if in.kill != nil && in.Running() {
+		if err := in.kill(); err == nil {
+			return nil
+		}
+	}
+	return in.Signal(syscall.SIGKILL)
+}
 
 // StopTimeout is how long Shutdown waits after each step (QMP quit, then
 // SIGTERM) before the next, harsher one.

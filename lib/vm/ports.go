@@ -62,9 +62,9 @@ func resolvePorts(fwds []Forward, reported []usernetForward) error {
 	return nil
 }
 
-// fillFreePorts asks a started QEMU which host ports it bound for the
+// FillFreePorts asks a started QEMU which host ports it bound for the
 // forwards given with host port 0 and records them in in.Config.
-func (in *Instance) fillFreePorts(ctx context.Context) error {
+func (in *Instance) FillFreePorts(ctx context.Context) error {
 	free := false
 	for _, f := range in.Config.Forwards {
 		free = free || f.HostPort == 0
