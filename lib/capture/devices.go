@@ -237,22 +237,6 @@ func checkPCI(ctx context.Context, c *qmpctl.Client, found []qdev) error {
 // checkDisks makes sure the VM's one disk is the virtio-blk-pci on the
 // --disk top layer: vm-resume recreates that disk alone.
 func checkDisks(ctx context.Context, c *qmpctl.Client, found []qdev, disk string) error {
-	var blk *qdev
-	for i, d := range found {
-		if d.dev.Driver != format.DriverVirtioBlk {
-			continue
-		}
-		if blk != nil {
-			return refuse(d.name(), d.dev.Driver, "it is a second disk, and vm-resume recreates one (the one given with --disk)", fixRemove)
-		}
-		blk = &found[i]
-	}
-	switch {
-	case blk == nil && disk != "":
-		return fmt.Errorf("--disk %s given, but the VM has no %s device: vm-resume recreates the disk only as %s", disk, format.DriverVirtioBlk, format.DriverVirtioBlk)
-	case blk != nil && disk == "":
-		return fmt.Errorf("device %s (%s) is the VM's disk: give its qcow2 top layer with --disk, so that vm-resume can recreate it", blk.name(), blk.dev.Driver)
-	}
 	var drives []struct {
 		Device   string
 		Qdev     string
@@ -261,29 +245,63 @@ func checkDisks(ctx context.Context, c *qmpctl.Client, found []qdev, disk string
 	if err := c.Execute(ctx, "query-block", nil, &drives); err != nil {
 		return fmt.Errorf("listing the VM's drives: %w", err)
 	}
-	attached := false
-	for _, dr := range drives {
+	// The image of each virtio-blk-pci (by QOM path), and the drives no
+	// such device has.
+	var disks []qdev
+	for _, d := range found {
+		if d.dev.Driver == format.DriverVirtioBlk {
+			disks = append(disks, d)
+		}
+	}
+	image := map[string]string{}
+	var others []int
+drives:
+	for i, dr := range drives {
 		if dr.Inserted == nil {
 			continue // an empty drive (QEMU's default CD-ROM and floppy): no data
 		}
+		for _, d := range disks {
+			if dr.Qdev == d.path+"/virtio-backend" || dr.Qdev == d.path || (d.id != "" && dr.Qdev == d.id) {
+				image[d.path] = dr.Inserted.File
+				continue drives
+			}
+		}
+		others = append(others, i)
+	}
+	var onDisk *qdev // the disk on --disk
+	for i, d := range disks {
+		if f, ok := image[d.path]; ok && disk != "" && sameFile(f, disk) {
+			onDisk = &disks[i]
+			break
+		}
+	}
+	switch {
+	case len(disks) == 0 && disk != "":
+		return fmt.Errorf("--disk %s given, but the VM has no %s device: vm-resume recreates the disk only as %s", disk, format.DriverVirtioBlk, format.DriverVirtioBlk)
+	case len(disks) > 0 && disk == "":
+		return fmt.Errorf("device %s (%s) is the VM's disk: give its qcow2 top layer with --disk, so that vm-resume can recreate it", disks[0].name(), disks[0].dev.Driver)
+	case len(disks) > 0 && onDisk == nil:
+		f := image[disks[0].path]
+		if f == "" {
+			f = "no image"
+		}
+		return fmt.Errorf("device %s (%s) is on %s, not on --disk %s: give the VM's own qcow2 top layer with --disk", disks[0].name(), disks[0].dev.Driver, f, disk)
+	}
+	for _, d := range disks {
+		if d.path != onDisk.path {
+			return refuse(d.name(), d.dev.Driver, "it is a second disk, and vm-resume recreates one (the one given with --disk)", fixRemove)
+		}
+	}
+	for _, i := range others {
+		dr := drives[i]
 		name := dr.Device
 		if name == "" {
 			name = dr.Qdev
-		}
-		if blk != nil && (dr.Qdev == blk.path+"/virtio-backend" || dr.Qdev == blk.path || (blk.id != "" && dr.Qdev == blk.id)) {
-			if !sameFile(dr.Inserted.File, disk) {
-				return fmt.Errorf("device %s (%s) is on %s, not on --disk %s: give the VM's own qcow2 top layer with --disk", blk.name(), blk.dev.Driver, dr.Inserted.File, disk)
-			}
-			attached = true
-			continue
 		}
 		if strings.HasPrefix(dr.Device, "pflash") || strings.Contains(dr.Qdev, "system.flash") {
 			return fmt.Errorf("the VM runs firmware from pflash drive %s (%s): vm-capture --qmp does not record firmware; start the VM with vm-resume launch --firmware uefi to capture it", name, dr.Inserted.File)
 		}
 		return fmt.Errorf("drive %s (%s, on %s) is a second disk: vm-resume recreates one disk, the %s given with --disk; remove the drive from the VM's configuration, or eject it (QMP eject) before capturing", name, dr.Inserted.File, dr.Qdev, format.DriverVirtioBlk)
-	}
-	if blk != nil && !attached {
-		return fmt.Errorf("device %s (%s) has no disk image inserted: vm-resume recreates the disk given with --disk", blk.name(), blk.dev.Driver)
 	}
 	return nil
 }

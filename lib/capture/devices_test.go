@@ -301,6 +301,12 @@ func TestListDevicesRefused(t *testing.T) {
 			f.pci = append(f.pci, fn(6, 0, 0x1af4, 0x1001, "virtio-disk1", "SCSI controller"))
 			f.block = append(f.block, drive("", p+"virtio-disk1/virtio-backend", other))
 		}, top, []string{"virtio-disk1 (virtio-blk-pci)", "second disk"}},
+		{"second virtio disk listed first", func(f *fakeQEMU) {
+			f.lists["/machine/peripheral"] = append([]qomChild{{"data", "child<virtio-blk-pci>"}}, f.lists["/machine/peripheral"]...)
+			f.pciDev(p+"data", 6, 0, "")
+			f.pci = append(f.pci, fn(6, 0, 0x1af4, 0x1001, "data", "SCSI controller"))
+			f.block = append([]map[string]any{drive("", p+"data/virtio-backend", other)}, f.block...)
+		}, top, []string{"device data (virtio-blk-pci)", "second disk"}},
 		{"-hda", func(f *fakeQEMU) {
 			f.lists["/machine/unattached"] = append(f.lists["/machine/unattached"], qomChild{"device[23]", "child<ide-hd>"})
 			f.block = append(f.block, drive("ide0-hd0", "/machine/unattached/device[23]", other))
