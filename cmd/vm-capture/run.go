@@ -11,6 +11,7 @@ import (
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
 	"cloudlet/lib/resume"
+	"cloudlet/lib/virt"
 
 	"github.com/urfave/cli/v2"
 )
@@ -20,12 +21,16 @@ cloudlet stream: the VM description, QEMU's device state, every non-zero
 page of RAM, and the disk extents its qcow2 top layer holds.
 
 For a VM started by vm-resume, give its run folder (--run); RAM is then read
-straight from the VM's memory file. For any other QEMU, give its QMP socket
+straight from the VM's memory file. For a libvirt domain, give --libvirt
+[URI] --domain NAME: one that vm-resume --libvirt started is captured as
+with --run; any other through libvirt's monitor, as with --qmp, with its
+first disk. For any other QEMU, give its QMP socket
 (--qmp) and, to include its disk, its qcow2 top layer (--disk); RAM then
 comes through QEMU's migration stream.
 
    vm-capture --run RUN --quit | mem-diff | disk-diff | overlay-pack > app.overlay
    vm-capture --run RUN --resume > snapshot.stream
+   vm-capture --libvirt --domain web1 --quit | mem-diff | disk-diff | overlay-pack > app.overlay
 
 Afterwards the VM stays paused, unless --resume or --quit (which, for a
 --run VM, also removes its run folder once the capture is complete). A stream is
@@ -34,15 +39,18 @@ fails midway, the stream ends with an ERROR record that the next stage
 reports.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	var runDir, qmp, diskTop string
+	var runDir, qmp, diskTop, libvirtURI, domain string
 	var resumeVM, quit, stats bool
 	var fwds cli.StringSlice
+	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
 	app := cliutil.NewApp("vm-capture", "capture a running QEMU VM as a full cloudlet stream",
-		"vm-capture (--run DIR | --qmp SOCK [--disk TOP]) [--resume | --quit] > stream", description,
+		"vm-capture (--run DIR | --qmp SOCK [--disk TOP] | --libvirt [URI] --domain NAME) [--resume | --quit] > stream", description,
 		[]cli.Flag{
 			cliutil.Path(&cli.StringFlag{Name: "run", Usage: "run folder of a VM started by vm-resume", Destination: &runDir}),
 			cliutil.Path(&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp}),
-			cliutil.Path(&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp)", Destination: &diskTop}),
+			cliutil.Path(&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp; with --libvirt, default: the domain's first disk)", Destination: &diskTop}),
+			&cli.StringFlag{Name: "libvirt", Usage: "capture a libvirt domain (--domain) at this libvirt URI (--libvirt alone: " + virt.DefaultURI + ")", Destination: &libvirtURI},
+			&cli.StringFlag{Name: "domain", Usage: "with --libvirt: the domain's name; one vm-resume --libvirt started is captured as with --run, any other through libvirt's monitor", Destination: &domain},
 			&cli.StringSliceFlag{Name: "forward", Usage: "port forward to record for a --qmp VM, tcp:HOST:GUEST", Destination: &fwds},
 			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resumeVM},
 			&cli.BoolFlag{Name: "quit", Usage: "end the VM after the capture", Destination: &quit},
@@ -53,8 +61,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if err := cliutil.NoArgs(c); err != nil {
 				return err
 			}
-			if (runDir == "") == (qmp == "") {
-				return cliutil.Usagef("give exactly one of --run DIR or --qmp SOCK")
+			n := 0
+			for _, v := range []string{runDir, qmp, libvirtURI} {
+				if v != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				return cliutil.Usagef("give exactly one of --run DIR, --qmp SOCK or --libvirt [URI] --domain NAME")
+			}
+			if (libvirtURI == "") != (domain == "") {
+				return cliutil.Usagef("--libvirt and --domain go together")
 			}
 			if resumeVM && quit {
 				return cliutil.Usagef("--resume and --quit exclude each other")
@@ -69,6 +86,23 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 				opt.Forwards = append(opt.Forwards, fw)
+			}
+			if libvirtURI != "" {
+				conn, err := virt.Connect(ctx, libvirtURI)
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				t, err := conn.Target(domain)
+				if err != nil {
+					return err
+				}
+				if runDir = t.RunDir; runDir == "" {
+					opt.Monitor, opt.MonitorName = conn.Monitor(domain), "domain "+domain+" at "+conn.URI
+					if opt.Disk == "" {
+						opt.Disk = t.Disk
+					}
+				}
 			}
 			if resumeVM {
 				opt.After = capture.Resume

@@ -19,6 +19,8 @@ import (
 	"cloudlet/lib/instance"
 	"cloudlet/lib/migstream"
 	"cloudlet/lib/qmpctl"
+
+	"github.com/digitalocean/go-qemu/qmp"
 )
 
 // After says what happens to the VM once captured.
@@ -37,6 +39,10 @@ type Options struct {
 	Instance *instance.Info
 	// QMP is the monitor socket of any other QEMU VM (Instance == nil).
 	QMP string
+	// Monitor, instead of QMP, reaches another QEMU's monitor some other
+	// way (lib/virt: through libvirt); MonitorName names it in errors.
+	Monitor     qmp.Monitor
+	MonitorName string
 	// Disk is that VM's qcow2 top layer, if its disk is wanted.
 	Disk string
 	// Forwards to record in the header for a VM without instance.json.
@@ -64,7 +70,14 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 		qmpPath = opt.Instance.QMP
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := qmpctl.Dial(dctx, qmpPath)
+	var c *qmpctl.Client
+	var err error
+	if opt.Monitor != nil {
+		qmpPath = "of " + opt.MonitorName
+		c, err = qmpctl.New(dctx, opt.Monitor)
+	} else {
+		c, err = qmpctl.Dial(dctx, qmpPath)
+	}
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("connecting to QMP %s: %w", qmpPath, err)
@@ -134,6 +147,16 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return nil, err
+	}
+	if opt.Monitor != nil {
+		// A QEMU that libvirt runs as its own user connects to it: the
+		// folder's name is random and cannot be listed.
+		if err := os.Chmod(dir, 0o711); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(sock, 0o666); err != nil {
+			return nil, err
+		}
 	}
 	defer ln.Close()
 	if err := c.Migrate(ctx, "unix:"+sock); err != nil {

@@ -160,3 +160,45 @@ func InstanceOf(dom *libvirtxml.Domain) (*Metadata, error) {
 		}
 	}
 }
+
+// Target is what capturing a domain needs: the run folder of an instance
+// vm-resume started, or, for any other domain, its disk (the file of its
+// first disk, normally a qcow2 top layer over the image it was made from).
+type Target struct {
+	RunDir string
+	Disk   string
+}
+
+// Target finds how to capture the domain name.
+func (c *Conn) Target(name string) (*Target, error) {
+	dom, err := c.Domain(name)
+	if err != nil {
+		return nil, err
+	}
+	if m, err := InstanceOf(dom); err == nil {
+		return &Target{RunDir: m.RunDir}, nil
+	} else if !errors.Is(err, ErrNotOurs) {
+		return nil, err
+	}
+	t := &Target{}
+	if dom.Devices != nil {
+		for _, d := range dom.Devices.Disks {
+			if d.Device != "" && d.Device != "disk" {
+				continue
+			}
+			if d.Source == nil || d.Source.File == nil {
+				return nil, fmt.Errorf("domain %s: its disk %s is not a file; vm-capture captures file disks (a qcow2 top layer)", name, diskName(d))
+			}
+			t.Disk = d.Source.File.File
+			break
+		}
+	}
+	return t, nil
+}
+
+func diskName(d libvirtxml.DomainDisk) string {
+	if d.Target != nil {
+		return d.Target.Dev
+	}
+	return "?"
+}

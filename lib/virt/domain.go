@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strconv"
 
+	"cloudlet/format"
 	"cloudlet/lib/vm"
 
 	"libvirt.org/go/libvirtxml"
@@ -82,9 +83,6 @@ func DomainXML(cfg vm.Config, opt DomainOptions) (string, error) {
 		d.OS.Loader = &libvirtxml.DomainLoader{Path: c.FirmwareCode, Readonly: "yes", Type: "pflash"}
 		d.OS.NVRam = &libvirtxml.DomainNVRam{NVRam: c.FirmwareVars}
 	}
-	if c.VMGenID {
-		d.GenID = &libvirtxml.DomainGenID{} // a new ID at every start, as guid=auto
-	}
 	dev := d.Devices
 	port0 := uint(0)
 	// The console is a pseudo-terminal: virsh console takes nothing else.
@@ -98,41 +96,18 @@ func DomainXML(cfg vm.Config, opt DomainOptions) (string, error) {
 		Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 		Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port0},
 	}}
-	// libvirt adds a USB controller and a balloon unless told not to; a
-	// device QEMU was not captured with would not take the device state.
+	// libvirt adds a USB controller, a balloon and a display unless told
+	// not to; a device QEMU was not captured with would not take the
+	// device state. Every device is at its recorded PCI address.
 	dev.Controllers = []libvirtxml.DomainController{{Type: "usb", Model: "none"}}
 	dev.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "none"}
-	if !c.VNC {
-		dev.Videos = []libvirtxml.DomainVideo{{Model: libvirtxml.DomainVideoModel{Type: "none"}}}
+	dev.Videos = []libvirtxml.DomainVideo{{Model: libvirtxml.DomainVideoModel{Type: "none"}}}
+	if c.VNC {
+		dev.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{Socket: c.VNCPath()}}}
 	}
-	for _, p := range pciLayout(c) {
-		addr := pciAddress(p.slot)
-		switch p.driver {
-		case "VGA":
-			dev.Videos = []libvirtxml.DomainVideo{{Model: libvirtxml.DomainVideoModel{Type: "vga", Primary: "yes"}, Address: addr}}
-			dev.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{Socket: c.VNCPath()}}}
-		case "virtio-blk-pci":
-			dev.Disks = append(dev.Disks, libvirtxml.DomainDisk{
-				Device:  "disk",
-				Driver:  &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2", Discard: "unmap"},
-				Source:  &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: c.Disk}},
-				Target:  &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
-				Address: addr,
-			})
-		case "virtio-net-pci":
-			dev.Interfaces = append(dev.Interfaces, libvirtxml.DomainInterface{
-				Source:  &libvirtxml.DomainInterfaceSource{User: &libvirtxml.DomainInterfaceSourceUser{}},
-				MAC:     &libvirtxml.DomainInterfaceMAC{Address: c.MAC},
-				Model:   &libvirtxml.DomainInterfaceModel{Type: "virtio"},
-				ROM:     &libvirtxml.DomainROM{Enabled: "no"},
-				Address: addr,
-			})
-		case "virtio-balloon-pci":
-			fpr := "off"
-			if c.FreePageReporting {
-				fpr = "on"
-			}
-			dev.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio", FreePageReporting: fpr, Address: addr}
+	for _, vd := range c.Devices {
+		if err := addDevice(d, c, vd); err != nil {
+			return "", err
 		}
 	}
 	for _, m := range opt.SecModels {
@@ -170,33 +145,91 @@ func DomainXML(cfg vm.Config, opt DomainOptions) (string, error) {
 	return d.Marshal()
 }
 
-func pciAddress(slot uint) *libvirtxml.DomainAddress {
-	zero, s := uint(0), slot
-	return &libvirtxml.DomainAddress{PCI: &libvirtxml.DomainAddressPCI{Domain: &zero, Bus: &zero, Slot: &s, Function: &zero}}
+// addDevice adds the libvirt element of one recorded device.
+func addDevice(d *libvirtxml.Domain, c vm.Config, vd vm.Device) error {
+	dev := d.Devices
+	addr, err := pciAddress(vd)
+	if err != nil {
+		return err
+	}
+	switch vd.Driver {
+	case format.DriverVirtioBlk:
+		dev.Disks = append(dev.Disks, libvirtxml.DomainDisk{
+			Device:  "disk",
+			Driver:  &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2", Discard: "unmap"},
+			Source:  &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: c.Disk}},
+			Target:  &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
+			Address: addr,
+		})
+	case format.DriverVirtioNet:
+		rom := &libvirtxml.DomainROM{Enabled: "no"}
+		if vd.ROMFile != "" {
+			rom = &libvirtxml.DomainROM{File: &vd.ROMFile}
+		}
+		dev.Interfaces = append(dev.Interfaces, libvirtxml.DomainInterface{
+			Source:  &libvirtxml.DomainInterfaceSource{User: &libvirtxml.DomainInterfaceSourceUser{}},
+			MAC:     &libvirtxml.DomainInterfaceMAC{Address: c.MAC},
+			Model:   &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+			ROM:     rom,
+			Address: addr,
+		})
+	case format.DriverVirtioBalloon:
+		fpr := "off"
+		if c.FreePageReporting {
+			fpr = "on"
+		}
+		dev.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio", FreePageReporting: fpr, Address: addr}
+	case format.DriverVMGenID:
+		d.GenID = &libvirtxml.DomainGenID{} // a new ID at every start, as guid=auto
+	case format.DriverUHCI:
+		zero := uint(0)
+		dev.Controllers = []libvirtxml.DomainController{{Type: "usb", Index: &zero, Model: "piix3-uhci", Address: addr}}
+	case format.DriverVGA, format.DriverCirrus:
+		// libvirt gives QEMU vgamem_mb from vram (KiB), its own default
+		// when unset: always set it to what QEMU had.
+		model, mib := "vga", 16
+		if vd.Driver == format.DriverCirrus {
+			model, mib = "cirrus", 4
+		}
+		if vd.VGAMemMB != 0 {
+			mib = vd.VGAMemMB
+		}
+		dev.Videos = []libvirtxml.DomainVideo{{Model: libvirtxml.DomainVideoModel{Type: model, VRam: uint(mib) << 10, Primary: "yes"}, Address: addr}}
+	case format.DriverSerial:
+		if vd.Index == 0 {
+			return nil // the console
+		}
+		port := uint(vd.Index)
+		dev.Serials = append(dev.Serials, libvirtxml.DomainSerial{
+			Source: &libvirtxml.DomainChardevSource{Null: &libvirtxml.DomainChardevSourceNull{}},
+			Target: &libvirtxml.DomainSerialTarget{Port: &port},
+		})
+	case format.DriverParallel:
+		port := uint(vd.Index)
+		dev.Parallels = append(dev.Parallels, libvirtxml.DomainParallel{
+			Source: &libvirtxml.DomainChardevSource{Null: &libvirtxml.DomainChardevSourceNull{}},
+			Target: &libvirtxml.DomainParallelTarget{Port: &port},
+		})
+	default:
+		return fmt.Errorf("virt: device %s has no libvirt element here", vd.Driver)
+	}
+	return nil
 }
 
-type pciDev struct {
-	driver string
-	slot   uint
-}
-
-// pciLayout is the PCI devices of c in the order vm.Config.Args adds them,
-// with the slots QEMU gives them (slot 2 onwards on pc-i440fx with
-// -nodefaults).
-func pciLayout(c vm.Config) []pciDev {
-	var out []pciDev
-	add := func(driver string) { out = append(out, pciDev{driver, uint(2 + len(out))}) }
-	if c.VNC {
-		add("VGA")
+// pciAddress is the libvirt address of a device's recorded PCI address
+// (nil for a device that has none).
+func pciAddress(vd vm.Device) (*libvirtxml.DomainAddress, error) {
+	if vd.Addr == "" {
+		return nil, nil
 	}
-	if c.Disk != "" {
-		add("virtio-blk-pci")
+	slot, fn, err := format.ParsePCIAddr(vd.Addr)
+	if err != nil {
+		return nil, err
 	}
-	if c.Net || len(c.Forwards) > 0 {
-		add("virtio-net-pci")
+	zero, s, f := uint(0), uint(slot), uint(fn)
+	a := &libvirtxml.DomainAddressPCI{Domain: &zero, Bus: &zero, Slot: &s, Function: &f}
+	if vd.Multifunction {
+		a.MultiFunction = "on"
 	}
-	if c.Balloon {
-		add("virtio-balloon-pci")
-	}
-	return out
+	return &libvirtxml.DomainAddress{PCI: a}, nil
 }
