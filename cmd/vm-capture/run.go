@@ -126,6 +126,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				b, _ := json.Marshal(st)
 				fmt.Fprintln(stderr, string(b))
 			}
+			if quit && opt.Monitor != nil {
+				// QEMU is quitting: let libvirt know the domain ended
+				// before we return.
+				return virt.DestroyDomain(ctx, libvirtURI, domain)
+			}
 			if quit && runDir != "" {
 				// The VM is gone; its run folder (RAM file included) is of no use.
 				return resume.Stop(ctx, runDir)

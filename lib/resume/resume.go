@@ -143,12 +143,13 @@ func Stop(ctx context.Context, runDir string) error {
 		if err := virt.DestroyDomain(ctx, info.Libvirt, info.Domain); err != nil && vm.Alive(info.Pid) {
 			return err
 		}
+	} else {
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if c, err := qmpctl.Dial(qctx, info.QMP); err == nil {
+			c.Quit(qctx)
+		}
+		cancel()
 	}
-	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	if c, err := qmpctl.Dial(qctx, info.QMP); err == nil {
-		c.Quit(qctx)
-	}
-	cancel()
 	deadline := time.Now().Add(5 * time.Second)
 	for vm.Alive(info.Pid) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

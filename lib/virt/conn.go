@@ -100,10 +100,17 @@ func (c *Conn) Destroy(name string) error {
 		}
 		return err
 	}
-	if err := c.l.DomainDestroy(d); err != nil && !libvirt.IsNotFound(err) {
+	if err := c.l.DomainDestroy(d); err != nil && !libvirt.IsNotFound(err) && !notRunning(err) {
 		return fmt.Errorf("virsh destroy %s: %w", name, err)
 	}
 	return nil
+}
+
+// notRunning: libvirt refused because the domain is not running (a
+// persistent domain that ended).
+func notRunning(err error) bool {
+	var e libvirt.Error
+	return errors.As(err, &e) && e.Code == uint32(libvirt.ErrOperationInvalid)
 }
 
 // Resume lets a paused domain run (virsh resume).
