@@ -41,6 +41,9 @@ func TestEarlyStartFlags(t *testing.T) {
 		{[]string{"--warm", "true"}, "add --early-start"},
 		{[]string{"--early-start", "--warm", "true"}, "--access-log FILE"},
 		{[]string{"--early-start", "--mem-write", "direct"}, "--mem-write with --early-start"},
+		{[]string{"--early-start", "--libvirt"}, "--early-start does not run under --libvirt"},
+		{[]string{"--libvirt", "--early-start"}, "--early-start does not run under --libvirt"},
+		{[]string{"--libvirt", "qemu:///system", "--early-start"}, "--early-start does not run under --libvirt"},
 	} {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), append([]string{"vm-resume"}, tc.args...), strings.NewReader(""), &out, &errb)
