@@ -26,6 +26,9 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# libvirt for the libvirt tests and vm-resume --libvirt, without the
+	@# recommended packages (dnsmasq, firewalld, ...): scripts/libvirtd.sh
+	if [ "$$(id -u)" = 0 ]; then bash scripts/libvirtd.sh install; fi
 	$(GO) mod download
 
 build:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# libvirtd.sh start|stop|status: run Debian's libvirt daemon (and virtlogd,
+# libvirtd.sh install|start|stop|status: run Debian's libvirt daemon (and virtlogd,
 # which keeps each domain's QEMU log) on a host without systemd, as the
 # tests and `vm-resume --libvirt` need it. On a host where systemd runs
 # libvirtd, use that instead (`systemctl start libvirtd`); this script
 # then finds it running and does nothing.
 #
-#   start   install the packages if missing (root), create the users and
-#           folders the packages' scripts make under systemd, and start
-#           virtlogd and libvirtd unless they run; prints "started" when it
-#           started libvirtd, "running" when it was already up
+#   install install the packages if missing (root), create the users and
+#           folders the packages' scripts make under systemd
+#   start   install, then start virtlogd and libvirtd unless they run;
+#           prints "started" when it started libvirtd, "running" when it
+#           was already up
 #   stop    stop the daemons this script started (their pids are in
 #           /run/cloudlet-libvirtd/)
 set -euo pipefail
@@ -18,8 +19,7 @@ PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 up() { virsh -c qemu:///system version >/dev/null 2>&1; }
 
-start() {
-	if up; then echo running; return; fi
+install() {
 	[ "$(id -u)" = 0 ] || { echo "libvirtd.sh: run as root" >&2; exit 1; }
 	local missing=() p
 	for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -36,6 +36,11 @@ start() {
 	# each domain start takes a minute of re-probing.
 	if [ -c /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 	mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu /var/cache/libvirt/qemu "$STATE"
+}
+
+start() {
+	if up; then echo running; return; fi
+	install
 	if [ ! -S /run/libvirt/virtlogd-sock ]; then
 		virtlogd -d -p "$STATE/virtlogd.pid"
 	fi
@@ -61,8 +66,9 @@ stop() {
 }
 
 case ${1:-} in
+install) install ;;
 start) start ;;
 stop) stop ;;
 status) if up; then echo running; else echo stopped; exit 1; fi ;;
-*) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+*) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac
