@@ -131,3 +131,20 @@ func TestDomainXMLRecordedDevices(t *testing.T) {
 		t.Error("a domain name with a space was accepted")
 	}
 }
+
+func TestDomainName(t *testing.T) {
+	for in, want := range map[string]string{
+		"/run/cloudlet/web-1a2b3c4d":              "web-1a2b3c4d",
+		"/tmp/my.run dir":                         "my-run-dir",
+		"/tmp/.hidden":                            "vm-hidden",
+		"/x/" + strings.Repeat("a", 70) + "-tail": strings.Repeat("a", 59) + "-tail",
+	} {
+		got := DomainName(in)
+		if got != want {
+			t.Errorf("DomainName(%q) = %q, want %q", in, got, want)
+		}
+		if err := vm.CheckID("domain", got); err != nil {
+			t.Errorf("DomainName(%q) = %q: %v", in, got, err)
+		}
+	}
+}

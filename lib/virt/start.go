@@ -22,8 +22,26 @@ const NetDevID = "hostnet0"
 const LibvirtLogDir = "/var/log/libvirt/qemu"
 
 // DomainName is the domain of the instance in runDir: the run folder's
-// name, unique on the host (the instance name plus a random suffix).
-func DomainName(runDir string) string { return filepath.Base(runDir) }
+// name, unique on the host (the instance name plus a random suffix), in
+// the characters and length libvirt and QEMU take for a name.
+func DomainName(runDir string) string {
+	b := []byte(filepath.Base(runDir))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 64 {
+		b = b[len(b)-64:] // the random suffix is at the end
+	}
+	if len(b) == 0 || b[0] == '-' || b[0] == '_' {
+		b = append([]byte("vm"), b...)
+		if len(b) > 64 {
+			b = b[:64]
+		}
+	}
+	return string(b)
+}
 
 // Start runs cfg as a transient libvirt domain at uri and returns its QEMU
 // as an adopted vm.Instance, ready as vm.Start's is. With cfg.Incoming the
@@ -69,7 +87,9 @@ func Start(ctx context.Context, uri string, cfg vm.Config) (*vm.Instance, error)
 	if err != nil {
 		return nil, err
 	}
-	in, err := vm.Adopt(ctx, c, accel, consolePty(live), destroy)
+	actx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	in, err := vm.Adopt(actx, c, accel, consolePty(live), destroy)
 	if err != nil {
 		return nil, err
 	}
