@@ -115,6 +115,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 				opt.Instance = info
+				if info.Domain != "" {
+					libvirtURI, domain = info.Libvirt, info.Domain
+				}
+			}
+			if libvirtURI != "" {
+				opt.End = func(ctx context.Context) error { return virt.DestroyDomain(ctx, libvirtURI, domain) }
 			}
 			w := format.NewWriter(stdout)
 			st, err := capture.Capture(ctx, opt, w)
@@ -125,11 +131,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if stats {
 				b, _ := json.Marshal(st)
 				fmt.Fprintln(stderr, string(b))
-			}
-			if quit && opt.Monitor != nil {
-				// QEMU is quitting: let libvirt know the domain ended
-				// before we return.
-				return virt.DestroyDomain(ctx, libvirtURI, domain)
 			}
 			if quit && runDir != "" {
 				// The VM is gone; its run folder (RAM file included) is of no use.

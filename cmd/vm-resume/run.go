@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		cliutil.Path(&cli.StringFlag{Name: "run-dir", Usage: "run folder (default: a new folder under $CLOUDLET_RUN_DIR or /run/cloudlet)", Destination: &o.RunDir}),
 		&cli.StringSliceFlag{Name: "forward", Usage: "port forward tcp:[ADDR:]HOSTPORT:GUESTPORT, ADDR default 127.0.0.1, HOSTPORT 0 for a free port (repeatable; for streams, replaces the recorded ones)", Destination: &fwds},
 		&cli.StringFlag{Name: "accel", Usage: "auto, kvm or tcg", Value: "auto", EnvVars: []string{"CLOUDLET_ACCEL"}, Destination: &o.Accel},
-		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless (adds a VGA device: resume a VM captured with --vnc with --vnc too)", Destination: &o.VNC},
+		&cli.BoolFlag{Name: "vnc", Usage: "VNC display on RUN/vnc.sock instead of headless (for a stream, on the display device it recorded; a stream without a device list gets a VGA device: resume a VM captured with --vnc with --vnc too)", Destination: &o.VNC},
 		&cli.BoolFlag{Name: "wait", Usage: "stay in the foreground until the VM exits, then remove its run folder", Destination: &wait},
 		&cli.IntFlag{Name: "max-instances", Usage: "refuse to start another instance when this many run or are starting under the run root (0: no limit)", EnvVars: []string{"CLOUDLET_MAX_INSTANCES"}, Destination: &o.Admission.MaxInstances},
 		&cli.IntFlag{Name: "reserve-mib", Usage: "refuse to start another instance unless this much host memory (MiB) stays available after its overhead (0: no check)", Value: 256, EnvVars: []string{"CLOUDLET_RESERVE_MIB"}, Destination: &o.Admission.ReserveMiB},

@@ -48,8 +48,12 @@ type Options struct {
 	// Forwards to record in the header for a VM without instance.json.
 	Forwards []format.Forward
 	After    After
-	Stage    string // name in ERROR records, "vm-capture"
-	Log      io.Writer
+	// End, if set, ends the VM for After == Quit instead of QMP quit (a
+	// libvirt domain is destroyed through libvirt, which then knows at
+	// once that it ended).
+	End   func(context.Context) error
+	Stage string // name in ERROR records, "vm-capture"
+	Log   io.Writer
 }
 
 // Stats reports a capture.
@@ -114,6 +118,8 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 		switch {
 		case opt.After == Resume || (opt.After == Quit && !ok && running):
 			c.Cont(context.WithoutCancel(ctx))
+		case opt.After == Quit && ok && opt.End != nil:
+			opt.End(context.WithoutCancel(ctx))
 		case opt.After == Quit && ok:
 			c.Quit(context.WithoutCancel(ctx))
 		}
