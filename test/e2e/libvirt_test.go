@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,6 +53,31 @@ func domainListed(t *testing.T, uri, name string) bool {
 	return false
 }
 
+// virshConsole types a command line into virsh console (on a
+// pseudo-terminal, as virsh wants) and returns what came back.
+func virshConsole(t *testing.T, uri, dom, line string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "script", "-qfec", fmt.Sprintf("virsh -c %s console %s --force", uri, dom), "/dev/null")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	io.WriteString(in, line+"\r")
+	time.Sleep(2 * time.Second)
+	io.WriteString(in, "\x1d") // Ctrl-]: leave the console
+	in.Close()
+	cmd.Wait()
+	return out.String()
+}
+
 // pipeline runs a shell pipeline of the tools in the test's environment.
 func (e *env) pipeline(script string) {
 	e.t.Helper()
@@ -94,6 +122,9 @@ func TestLibvirtSynthesis(t *testing.T) {
 		t.Errorf("virsh qemu-monitor-command %s: %q", dom, st)
 	}
 	e.checkApp(in, p, baseID)
+	if out := virshConsole(t, uri, dom, "echo virsh-console-$((6*7))"); !strings.Contains(out, "virsh-console-42") {
+		t.Errorf("virsh console %s: the command's output is not there:\n%s", dom, out)
+	}
 
 	// Capture the libvirt domain into an overlay, synthesize it again.
 	ovl2 := e.path("again.overlay")
