@@ -55,6 +55,8 @@ bench: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/bench.sh
 	# early start (issue 16): adds the early_start keys to bench/results.json
 	PATH=$(BIN):$$PATH bash scripts/early-start.sh
+	# synthesis into a libvirt domain against the plain path (issue 17)
+	PATH=$(BIN):$$PATH bash scripts/libvirt-bench.sh
 	# the load test: 8 clients synthesize one overlay through the listener at once
 	PATH=$(BIN):$$PATH CLOUDLET_LOAD_CLIENTS=8 $(GO) test -count=1 -v -run 'TestSynthesisEndToEnd/tcp-many-at-once' ./test/e2e/
 
