@@ -126,6 +126,26 @@ func TestLibvirtSynthesis(t *testing.T) {
 		t.Errorf("virsh console %s: the command's output is not there:\n%s", dom, out)
 	}
 
+	// A truncated overlay: the synthesis fails, and neither a domain nor a
+	// run folder is left.
+	whole, err := os.ReadFile(ovl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	badRun := e.path("run", "lv-bad")
+	out, stderr, code := e.run(2*time.Minute, bytes.NewReader(whole[:len(whole)*2/3]), "bash", "-o", "pipefail", "-c",
+		fmt.Sprintf("overlay-apply --base %s | vm-resume --base %s --libvirt %s --run-dir %s", baseDir, baseDir, uri, badRun))
+	if code == 0 {
+		t.Errorf("a truncated overlay synthesized: %s", out)
+	}
+	t.Logf("truncated overlay: exit %d: %s", code, strings.TrimSpace(stderr))
+	if domainListed(t, uri, filepath.Base(badRun)) {
+		t.Errorf("domain %s left after a failed synthesis", filepath.Base(badRun))
+	}
+	if _, err := os.Stat(badRun); !os.IsNotExist(err) {
+		t.Errorf("run folder %s left after a failed synthesis", badRun)
+	}
+
 	// Capture the libvirt domain into an overlay, synthesize it again.
 	ovl2 := e.path("again.overlay")
 	e.pipeline(fmt.Sprintf("vm-capture --libvirt %s --domain %s --quit | mem-diff --base %s | disk-diff --base %s | overlay-pack > %s",
