@@ -245,6 +245,9 @@ func (w *Writer) WriteError(stage, msg string) error {
 // Bytes returns the number of bytes written so far (preamble included).
 func (w *Writer) Bytes() uint64 { return w.bytes }
 
+// Frames returns the number of frames written so far.
+func (w *Writer) Frames() uint64 { return w.frames }
+
 // Flush writes buffered data to the underlying writer.
 func (w *Writer) Flush() error {
 	if w.err != nil {

@@ -60,9 +60,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var o overlay.ApplyOptions
 	var force, require, resolve bool
 	var trusted string
+	var prog cliutil.Progress
+	args = cliutil.ProgressArgs(args)
 	app := cliutil.NewApp("overlay-apply", "resolve an overlay against its base into a diff stream",
 		"overlay-apply [--base DIR | --catalog FILE] [--trusted-keys DIR [--require-signature]] < app.overlay | vm-resume ...", description,
-		[]cli.Flag{
+		append([]cli.Flag{
 			cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder (base.json, mem.ram, disk.img)", EnvVars: []string{"CLOUDLET_BASE"}, Destination: &dir}),
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "JSON list of {\"name\", \"sha256\", \"path\"} to find the base by the overlay's base ID", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog}),
 			cliutil.Path(&cli.StringFlag{Name: "tmpdir", Usage: "where to put the scratch folder (default $TMPDIR)", Destination: &o.TempDir}),
@@ -71,9 +73,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "trusted-keys", Usage: "folder of trusted public key files (*.pub from overlay-keygen); signed overlays must verify with one of them", EnvVars: []string{"CLOUDLET_TRUSTED_KEYS"}, Destination: &trusted}),
 			&cli.BoolFlag{Name: "require-signature", Usage: "refuse overlays not signed by a trusted key (needs --trusted-keys)", EnvVars: []string{"CLOUDLET_REQUIRE_SIGNATURE"}, Destination: &require},
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
-		},
+		}, prog.Flags()...),
 		func(c *cli.Context) error {
 			if err := cliutil.NoArgs(c); err != nil {
+				return err
+			}
+			popt, err := prog.Options()
+			if err != nil {
 				return err
 			}
 			if err := cliutil.CheckStdout(stdout, force); err != nil {
@@ -83,15 +89,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				return cliutil.Usagef("--require-signature needs --trusted-keys DIR")
 			}
 			o.KeepCopies = !resolve
-			in := stdin
 			var v *overlay.Verifier
+			var wrapIn func(io.Reader) io.Reader
 			if trusted != "" {
 				ring, err := sign.LoadTrusted(trusted)
 				if err != nil {
 					return err
 				}
-				v = overlay.NewVerifier(stdin, overlay.VerifyOptions{Trusted: ring, Require: require, TrustedFrom: trusted})
-				in = v
+				wrapIn = func(in io.Reader) io.Reader {
+					v = overlay.NewVerifier(in, overlay.VerifyOptions{Trusted: ring, Require: require, TrustedFrom: trusted})
+					o.Verifier = v
+					return v
+				}
 			}
 			var opened []*base.Base
 			defer func() {
@@ -107,8 +116,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				opened = append(opened, b)
 				return b, nil
 			}
-			o.Verifier = v
-			return cliutil.Filter("overlay-apply", in, stdout, func(r *format.Reader, w *format.Writer) error {
+			return cliutil.Metered{Stage: "overlay-apply", Options: popt, WrapIn: wrapIn}.Filter(stdin, stdout, stderr, func(r *format.Reader, w *format.Writer) error {
 				err := overlay.Apply(c.Context, r, w, open, o)
 				if v == nil {
 					return err

@@ -71,9 +71,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var o overlay.PackOptions
 	var force, list bool
 	var keyFile, accessFile string
+	var prog cliutil.Progress
+	args = cliutil.ProgressArgs(args)
 	app := cliutil.NewApp("overlay-pack", "compress a diff stream into an overlay",
 		"overlay-pack [--codec zstd|xz|auto] [--level N] [--segment-size BYTES] [--order offset|access --access-log FILE] [--no-manifest] [--sign KEYFILE] < diff > app.overlay", description,
-		[]cli.Flag{
+		append([]cli.Flag{
 			&cli.StringFlag{Name: "codec", Value: "zstd", Usage: "segment codec: zstd, xz or auto (see below)", EnvVars: []string{"CLOUDLET_CODEC"}, Destination: &o.Codec},
 			&cli.IntFlag{Name: "level", Usage: "compression level: zstd 1-19 (default 3; 1-2 fastest, 6-9 better, 10+ best), xz 1-9 as xz -1..-9 (default 9); not with --codec auto", Destination: &o.Level},
 			&cli.IntFlag{Name: "segment-size", Usage: "raw bytes per segment, 65536-16777216 (default 4 MiB; 256 KiB with --order access)", Destination: &o.SegmentSize},
@@ -87,7 +89,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "sign", Usage: "sign the overlay with this ed25519 private key file (from overlay-keygen)", EnvVars: []string{"CLOUDLET_SIGN_KEY"}, Destination: &keyFile}),
 			&cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal", Destination: &force},
 			&cli.BoolFlag{Name: "codecs", Usage: "print the codecs, their levels and the implementation of each in this build on stdout, and exit", Destination: &list},
-		},
+		}, prog.Flags()...),
 		func(c *cli.Context) error {
 			if err := cliutil.NoArgs(c); err != nil {
 				return err
@@ -129,9 +131,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				}
 				key = k
 			}
+			popt, err := prog.Options()
+			if err != nil {
+				return err
+			}
 			o.Log = stderr
-			hw := sign.NewHashWriter(stdout)
-			return cliutil.Filter("overlay-pack", stdin, hw, func(r *format.Reader, w *format.Writer) error {
+			var hw *sign.HashWriter
+			wrap := func(out io.Writer) io.Writer { hw = sign.NewHashWriter(out); return hw }
+			return cliutil.Metered{Stage: "overlay-pack", Options: popt, WrapOut: wrap}.Filter(stdin, stdout, stderr, func(r *format.Reader, w *format.Writer) error {
 				if key == nil {
 					return overlay.Pack(c.Context, r, w, o)
 				}

@@ -10,6 +10,7 @@ import (
 	"cloudlet/lib/capture"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/progress"
 	"cloudlet/lib/resume"
 	"cloudlet/lib/virt"
 
@@ -40,12 +41,14 @@ reports.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var runDir, qmp, diskTop, libvirtURI, domain string
-	var resumeVM, quit, stats bool
+	var resumeVM, quit bool
+	var prog cliutil.Progress
+	args = cliutil.ProgressArgs(args)
 	var fwds cli.StringSlice
 	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
 	app := cliutil.NewApp("vm-capture", "capture a running QEMU VM as a full cloudlet stream",
 		"vm-capture (--run DIR | --qmp SOCK [--disk TOP] | --libvirt [URI] --domain NAME) [--resume | --quit] > stream", description,
-		[]cli.Flag{
+		append([]cli.Flag{
 			cliutil.Path(&cli.StringFlag{Name: "run", Usage: "run folder of a VM started by vm-resume", Destination: &runDir}),
 			cliutil.Path(&cli.StringFlag{Name: "qmp", Usage: "QMP socket of another QEMU VM", Destination: &qmp}),
 			cliutil.Path(&cli.StringFlag{Name: "disk", Usage: "that VM's qcow2 top layer (with --qmp; with --libvirt, default: the domain's first disk)", Destination: &diskTop}),
@@ -54,9 +57,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			&cli.StringSliceFlag{Name: "forward", Usage: "port forward to record for a --qmp VM, tcp:HOST:GUEST", Destination: &fwds},
 			&cli.BoolFlag{Name: "resume", Usage: "let the VM run again after the capture", Destination: &resumeVM},
 			&cli.BoolFlag{Name: "quit", Usage: "end the VM after the capture", Destination: &quit},
-			&cli.BoolFlag{Name: "stats", Usage: "print capture figures as JSON on stderr", Destination: &stats},
 			cliutil.ForceFlag,
-		},
+		}, prog.Flags()...),
 		func(c *cli.Context) error {
 			if err := cliutil.NoArgs(c); err != nil {
 				return err
@@ -122,15 +124,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			if libvirtURI != "" {
 				opt.End = func(ctx context.Context) error { return virt.DestroyDomain(ctx, libvirtURI, domain) }
 			}
-			w := format.NewWriter(stdout)
+			popt, err := prog.Options()
+			if err != nil {
+				return err
+			}
+			meter, _, out := progress.Start("vm-capture", nil, stdout, stderr, popt)
+			w := format.NewWriter(out)
 			st, err := capture.Capture(ctx, opt, w)
 			if err != nil {
 				w.WriteError("vm-capture", err.Error())
-				return err
 			}
-			if stats {
-				b, _ := json.Marshal(st)
-				fmt.Fprintln(stderr, string(b))
+			meter.Records(w.Frames())
+			var figures map[string]any // the capture's own figures
+			if b, jerr := json.Marshal(st); st != nil && jerr == nil {
+				json.Unmarshal(b, &figures)
+			}
+			if serr := meter.Done(err, figures); err == nil && serr != nil {
+				return serr
+			}
+			if err != nil {
+				return err
 			}
 			if quit && runDir != "" {
 				// The VM is gone; its run folder (RAM file included) is of no use.

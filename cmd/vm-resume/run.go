@@ -16,6 +16,7 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/progress"
 	"cloudlet/lib/resume"
 	"cloudlet/lib/virt"
 	"cloudlet/lib/vm"
@@ -67,7 +68,8 @@ stream. Your own QEMU arguments go after --.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var o resume.Options
-	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
+	var prog cliutil.Progress
+	args = cliutil.ProgressArgs(cliutil.OptionalValue(args, "libvirt", virt.DefaultURI))
 	var fwds cli.StringSlice
 	var wait bool
 	var kits cli.StringSlice
@@ -122,7 +124,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "access-log", Usage: "with --early-start: once the stream has arrived and --warm ran, write what the guest read first, in order, to FILE (added to what FILE holds) for overlay-pack --order access", Destination: &accessLog}),
 			&cli.StringFlag{Name: "warm", Usage: "with --access-log: a shell command that uses the app (env CLOUDLET_INSTANCE, CLOUDLET_PORT_<guest port>); default: GET / on each forwarded TCP port until it answers, then 3 s", Destination: &warm},
 			&cli.StringFlag{Name: "ports", Usage: "host ports of the stream's recorded forwards: recorded (a free one when taken, said on stderr), free (always free ones: many instances of one overlay), strict (refuse when taken)", Value: resume.PortsRecorded, EnvVars: []string{"CLOUDLET_PORTS"}, Destination: &o.Ports},
-		}, common...),
+		}, append(common, prog.Flags()...)...),
 		func(c *cli.Context) error {
 			if err := prepare(c); err != nil {
 				return err
@@ -154,7 +156,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			case early:
 				return earlyParent(ctx, args[1:], stdin, stdout, stderr, wait)
 			}
-			info, err := resume.FromStream(ctx, format.NewReader(stdin), so)
+			popt, err := prog.Options()
+			if err != nil {
+				return err
+			}
+			meter, in, _ := progress.Start("vm-resume", stdin, stdout, stderr, popt)
+			info, err := resume.FromStream(ctx, format.NewReader(in), so)
+			var figures map[string]any
+			if info != nil {
+				figures = map[string]any{"run_dir": info.RunDir, "timings": info.Timings}
+			}
+			if serr := meter.Done(err, figures); err == nil && serr != nil {
+				err = serr
+			}
 			if err != nil {
 				return err
 			}

@@ -196,6 +196,11 @@ func OpenTerminal() (term, master *os.File, err error) {
 // one (contains ':', as a URI does), def is put in. Arguments after "--"
 // are left alone.
 func OptionalValue(args []string, name, def string) []string {
+	return OptionalValueFunc(args, name, def, func(a string) bool { return !strings.HasPrefix(a, "-") && strings.Contains(a, ":") })
+}
+
+// OptionalValueFunc is OptionalValue with the test of what is a value.
+func OptionalValueFunc(args []string, name, def string, isValue func(string) bool) []string {
 	out := make([]string, 0, len(args)+1)
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -206,7 +211,7 @@ func OptionalValue(args []string, name, def string) []string {
 		if a != "--"+name && a != "-"+name {
 			continue
 		}
-		if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && strings.Contains(args[i+1], ":") {
+		if i+1 < len(args) && isValue(args[i+1]) {
 			continue
 		}
 		out = append(out, def)

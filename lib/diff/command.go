@@ -2,7 +2,6 @@ package diff
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -33,18 +32,19 @@ func Command(stage string, space uint8) cliutil.RunFunc {
 	}
 	return func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		var baseDir, catalog, deltaMode, scratch string
-		var noDedup, stats, force bool
+		var noDedup, force bool
+		var prog cliutil.Progress
+		args = cliutil.ProgressArgs(args)
 		app := cliutil.NewApp(stage, "diff the "+what+" records of a stream against a base VM",
 			stage+" [--base DIR] [--delta MODE] < stream > diff", fmt.Sprintf(commandDescription, what),
-			[]cli.Flag{
+			append([]cli.Flag{
 				cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder (default: find the stream's base ID in the catalog)", Destination: &baseDir, EnvVars: []string{"CLOUDLET_BASE"}}),
 				cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
 				&cli.StringFlag{Name: "delta", Usage: "per-page delta against the same-offset base page: none, xor, ops or best (xor measured smallest after compression, see README)", Value: DeltaXOR, Destination: &deltaMode},
 				&cli.BoolFlag{Name: "no-dedup", Usage: "do not look for copies in the base or the stream", Destination: &noDedup},
 				cliutil.Path(&cli.StringFlag{Name: "scratch-dir", Usage: "folder for the self-dedup scratch file", Destination: &scratch}),
-				&cli.BoolFlag{Name: "stats", Usage: "print what was found as JSON on stderr", Destination: &stats},
 				cliutil.ForceFlag,
-			},
+			}, prog.Flags()...),
 			func(c *cli.Context) error {
 				if err := cliutil.NoArgs(c); err != nil {
 					return err
@@ -58,19 +58,24 @@ func Command(stage string, space uint8) cliutil.RunFunc {
 				if err := cliutil.CheckStdout(stdout, force); err != nil {
 					return err
 				}
+				popt, err := prog.Options()
+				if err != nil {
+					return err
+				}
 				var st *Stats
-				err := cliutil.Filter(stage, stdin, stdout, func(r *format.Reader, w *format.Writer) error {
+				extra := func() map[string]any {
+					if st == nil {
+						return nil
+					}
+					return map[string]any{what: st} // what was found
+				}
+				return cliutil.Metered{Stage: stage, Options: popt, Extra: extra}.Filter(stdin, stdout, stderr, func(r *format.Reader, w *format.Writer) error {
 					var err error
 					st, err = Run(r, w, Config{Ctx: ctx, Stage: stage, Space: space,
 						Options: Options{Delta: deltaMode, NoDedup: noDedup, ScratchIn: scratch},
 						Open:    func(id string) (*base.Base, error) { return base.Locate(baseDir, catalog, id) }})
 					return err
 				})
-				if stats && st != nil {
-					b, _ := json.Marshal(map[string]any{"stage": stage, what: st})
-					fmt.Fprintln(stderr, string(b))
-				}
-				return err
 			}, stdin, stderr)
 		return app.RunContext(ctx, args)
 	}
