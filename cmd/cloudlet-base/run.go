@@ -12,6 +12,7 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/overlay"
+	"cloudlet/lib/progress"
 	"cloudlet/lib/vm"
 
 	"github.com/urfave/cli/v2"
@@ -88,6 +89,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stdout, m.ID)
 		return nil
 	}
+	var progCreate, progExport, progImport cliutil.Progress
+	args = cliutil.ProgressArgs(args)
 	app := cliutil.NewApp("cloudlet-base", "make base VMs and manage the base catalog",
 		"cloudlet-base [--catalog FILE] COMMAND ...", description,
 		[]cli.Flag{cliutil.Path(&cli.StringFlag{Name: "catalog", Value: base.DefaultCatalogPath(), EnvVars: []string{"CLOUDLET_CATALOG"}, Destination: &catalog, Usage: "catalog file"})},
@@ -95,13 +98,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	app.Commands = []*cli.Command{
 		{
 			Name: "create", Usage: "make a base folder from a full stream on stdin", ArgsUsage: "DIR",
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "the disk image (raw or qcow2) the captured VM was launched from", Destination: &image}),
 				cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted (repeatable)", Destination: &kits}),
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
-			},
+			}, progCreate.Flags()...),
 			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
 				dir, err := oneArg(cc, "DIR")
 				if err != nil {
@@ -110,10 +113,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if dir, err = cliutil.AbsArg("DIR", dir); err != nil {
 					return err
 				}
-				start := time.Now()
-				m, err := base.Create(dir, format.NewReader(stdin), base.CreateOptions{
-					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows")})
+				popt, err := progCreate.Options()
 				if err != nil {
+					return err
+				}
+				start := time.Now()
+				meter, in, _ := progress.Start("cloudlet-base create", stdin, stdout, stderr, popt)
+				m, err := base.Create(dir, format.NewReader(in), base.CreateOptions{
+					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows")})
+				if err := done(meter, err, m); err != nil {
 					return err
 				}
 				return made(c, cc, m, dir, "made base %s in %s", start)
@@ -173,11 +181,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		{
 			Name: "export", Usage: "write a base as one stream (a base export) for cloudlet-base import", ArgsUsage: "DIR|NAME|ID",
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "codec", Usage: "zstd or xz", Value: "zstd"},
 				&cli.IntFlag{Name: "level", Usage: "compression level: zstd 1-19 (default 3), xz 1-9 (default 9)"},
 				cliutil.ForceFlag,
-			},
+			}, progExport.Flags()...),
 			Action: func(cc *cli.Context) error {
 				key, err := oneArg(cc, "DIR, NAME or ID")
 				if err != nil {
@@ -191,10 +199,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 				defer b.Close()
+				popt, err := progExport.Options()
+				if err != nil {
+					return err
+				}
 				start := time.Now()
 				o := overlay.PackOptions{Codec: cc.String("codec"), Level: cc.Int("level"), Producer: "cloudlet-base export"}
-				cw := &countingWriter{w: stdout}
-				err = cliutil.Filter("cloudlet-base export", nil, cw, func(_ *format.Reader, w *format.Writer) error {
+				var cw *countingWriter
+				wrap := func(out io.Writer) io.Writer { cw = &countingWriter{w: out}; return cw }
+				err = cliutil.Metered{Stage: "cloudlet-base export", Options: popt, WrapOut: wrap}.Filter(nil, stdout, stderr, func(_ *format.Reader, w *format.Writer) error {
 					return exportBase(ctx, b, w, o)
 				})
 				if err == nil {
@@ -205,11 +218,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		{
 			Name: "import", Usage: "make a base folder from a base export on stdin (cloudlet-base export's output)", ArgsUsage: "DIR",
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog (default: the folder's name)"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
-			},
+			}, progImport.Flags()...),
 			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
 				dir, err := oneArg(cc, "DIR")
 				if err != nil {
@@ -225,9 +238,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if name == "" {
 					name = filepath.Base(dir)
 				}
-				start := time.Now()
-				m, err := importBase(ctx, stdin, dir, c, base.CreateOptions{Name: name, Windows: cc.Bool("windows")})
+				popt, err := progImport.Options()
 				if err != nil {
+					return err
+				}
+				start := time.Now()
+				meter, in, _ := progress.Start("cloudlet-base import", stdin, stdout, stderr, popt)
+				m, err := importBase(ctx, in, dir, c, base.CreateOptions{Name: name, Windows: cc.Bool("windows")})
+				if err := done(meter, err, m); err != nil {
 					return err
 				}
 				return made(c, cc, m, dir, "imported base %s into %s", start)
@@ -267,4 +285,16 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// done ends a create or import meter with the base it made.
+func done(meter *progress.Meter, err error, m *base.Meta) error {
+	var extra map[string]any
+	if err == nil && m != nil {
+		extra = map[string]any{"base_id": m.ID}
+	}
+	if serr := meter.Done(err, extra); err == nil {
+		err = serr
+	}
+	return err
 }

@@ -70,6 +70,7 @@ func Start(stage string, stdin io.Reader, stdout, stderr io.Writer, opt Options)
 			progressbar.OptionSetWriter(stderr),
 			progressbar.OptionSetDescription(stage),
 			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
 			progressbar.OptionSetWidth(20),
 			progressbar.OptionThrottle(250*time.Millisecond),
 			progressbar.OptionSetPredictTime(m.total > 0),
