@@ -26,6 +26,10 @@ import (
 	"golang.org/x/term"
 )
 
+// lineEvery is how often a stage in the middle of a pipe prints its line
+// under --progress.
+var lineEvery = 2 * time.Second
+
 // Modes of Options.Mode.
 const (
 	Auto = "auto" // draw by the pipeline rule
@@ -64,7 +68,7 @@ func Start(stage string, stdin io.Reader, stdout, stderr io.Writer, opt Options)
 	if draw && IsPipe(stdout) {
 		m.lines = true
 		m.wg.Add(1)
-		go m.lineLoop(2 * time.Second)
+		go m.lineLoop(lineEvery)
 	} else if draw {
 		m.bar = progressbar.NewOptions64(m.total,
 			progressbar.OptionSetWriter(stderr),

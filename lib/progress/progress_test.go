@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,3 +125,48 @@ func TestStats(t *testing.T) {
 		t.Errorf("--stats -: %v %q", err, stderr.String())
 	}
 }
+
+// --progress on a stage whose stdout is a pipe prints whole lines (never a
+// carriage return that would redraw over another stage's line).
+func TestMiddleOfAPipe(t *testing.T) {
+	lineEvery = 20 * time.Millisecond
+	defer func() { lineEvery = 2 * time.Second }()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	go io.Copy(io.Discard, pr)
+	var stderr bytes.Buffer
+	var mu sync.Mutex
+	lw := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return stderr.Write(p) })
+	m, _, w := Start("mid", bytes.NewReader(nil), pw, lw, Options{Mode: On})
+	for i := 0; i < 10; i++ {
+		w.Write(make([]byte, 1000))
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.Done(nil, nil)
+	mu.Lock()
+	s := stderr.String()
+	mu.Unlock()
+	if strings.Contains(s, "\r") || !strings.Contains(s, "mid: read") || !strings.Contains(s, "mid: done: wrote 10.0 kB") {
+		t.Errorf("middle-of-pipe progress: %q", s)
+	}
+	// On a terminal too, a stage in the middle of a pipe stays quiet.
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	m, _, _ = Start("mid", nil, pw, tty, Options{})
+	if m.Drawing() {
+		t.Error("a stage in the middle of a pipe draws without --progress")
+	}
+	m.Done(nil, nil)
+	pw.Close()
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
