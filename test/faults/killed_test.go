@@ -37,6 +37,12 @@ func relay(src io.Reader, dst io.WriteCloser, after int64, victim *exec.Cmd, sig
 		if !sent && n >= after {
 			victim.Process.Signal(sig)
 			sent = true
+			// Hold the stream back a moment: the victim handles the
+			// signal while its output waits on the pipe, not after it
+			// has written the rest (a busy machine may take a while to
+			// run the goroutine that turns SIGTERM into a cancelled
+			// context; CI once saw overlay-pack finish first).
+			time.Sleep(300 * time.Millisecond)
 		}
 		if err != nil {
 			break
