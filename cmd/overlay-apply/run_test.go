@@ -14,6 +14,8 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/overlay"
+
+	"github.com/creack/pty"
 )
 
 var baseID = strings.Repeat("ab", 32)
@@ -128,7 +130,7 @@ func TestUsage(t *testing.T) {
 			t.Errorf("overlay-apply %v = %v (exit %d), %d bytes on stdout; want a usage error, no output", args, err, cliutil.ExitCode(err), out.Len())
 		}
 	}
-	tty, master, err := cliutil.OpenTerminal()
+	master, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
 	}

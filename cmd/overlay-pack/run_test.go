@@ -15,6 +15,8 @@ import (
 	"cloudlet/format"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/codec"
+
+	"github.com/creack/pty"
 )
 
 func diffStream(t *testing.T) []byte {
@@ -80,7 +82,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestRefuseTerminal(t *testing.T) {
-	tty, master, err := cliutil.OpenTerminal()
+	master, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,9 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"cloudlet/format"
+	"cloudlet/lib/progress"
 
 	"github.com/urfave/cli/v2"
 )
@@ -145,15 +145,7 @@ func NoArgs(c *cli.Context) error {
 
 // IsTerminal reports whether w is a terminal (not merely a character
 // device: writing a stream to /dev/null is fine).
-func IsTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	var t syscall.Termios
-	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCGETS, uintptr(unsafe.Pointer(&t)))
-	return errno == 0
-}
+func IsTerminal(w any) bool { return progress.IsTerminal(w) }
 
 // CheckStdout refuses to write a binary stream to a terminal.
 func CheckStdout(stdout io.Writer, force bool) error {
@@ -165,31 +157,6 @@ func CheckStdout(stdout io.Writer, force bool) error {
 
 // ForceFlag is the --force flag of tools that write a binary stream.
 var ForceFlag = &cli.BoolFlag{Name: "force", Usage: "write the binary stream even if stdout is a terminal"}
-
-// OpenTerminal opens a new pseudo-terminal and returns its terminal side,
-// for tests that check the refusal to write to a terminal. Close both.
-func OpenTerminal() (term, master *os.File, err error) {
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	var unlock int32
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, m.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
-		m.Close()
-		return nil, nil, e
-	}
-	var n uint32
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, m.Fd(), syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n))); e != 0 {
-		m.Close()
-		return nil, nil, e
-	}
-	t, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
-	if err != nil {
-		m.Close()
-		return nil, nil, err
-	}
-	return t, m, nil
-}
 
 // OptionalValue lets a string flag be given without its value, as
 // "--name [VALUE]": where --name is not followed by a value that looks like

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"cloudlet/format"
+
+	"github.com/creack/pty"
 )
 
 func TestExitCode(t *testing.T) {
@@ -33,7 +35,7 @@ func TestExitCode(t *testing.T) {
 }
 
 func TestTerminal(t *testing.T) {
-	term, master, err := OpenTerminal()
+	master, term, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
