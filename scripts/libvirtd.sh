@@ -7,15 +7,18 @@
 #
 #   install install the packages if missing (root), create the users and
 #           folders the packages' scripts make under systemd
-#   start   install, then start virtlogd and libvirtd unless they run;
-#           prints "started" when it started libvirtd, "running" when it
-#           was already up
+#   start   install, then start virtlogd and libvirtd unless they answer
+#           on their sockets (a socket file a killed daemon left is
+#           removed, a hung daemon of ours is stopped first); prints
+#           "started" when it started libvirtd, "running" when it was
+#           already up
 #   stop    stop the daemons this script started (their pids are in
 #           /run/cloudlet-libvirtd/)
 set -euo pipefail
 STATE=/run/cloudlet-libvirtd
 SOCK=/run/libvirt/libvirt-sock
-PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+LOGSOCK=/run/libvirt/virtlogd-sock
+PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients socat)
 
 up() { virsh -c qemu:///system version >/dev/null 2>&1; }
 
@@ -38,13 +41,65 @@ install() {
 	mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu /var/cache/libvirt/qemu "$STATE"
 }
 
-start() {
-	if up; then echo running; return; fi
-	install
-	if [ ! -S /run/libvirt/virtlogd-sock ]; then
-		virtlogd -d -p "$STATE/virtlogd.pid"
+# answers SOCKET: a daemon accepts connections on SOCKET (a socket file a
+# killed daemon left behind refuses them).
+answers() { socat -u OPEN:/dev/null "UNIX-CONNECT:$1" 2>/dev/null; }
+
+# is PID NAME: process PID is a live NAME (not a zombie, not a recycled pid).
+is() {
+	[ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# ours NAME: the pid in $STATE/NAME.pid, if that process is a live NAME.
+ours() {
+	local pid
+	pid=$(cat "$STATE/$1.pid" 2>/dev/null) || return 1
+	is "$pid" "$1" || return 1
+	echo "$pid"
+}
+
+# end NAME: stop the NAME this script started (TERM, then KILL after 5 s)
+# and forget its pidfile.
+end() {
+	local pid i
+	if pid=$(ours "$1"); then
+		kill "$pid" 2>/dev/null || true
+		for i in $(seq 1 50); do is "$pid" "$1" || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null || true
+		for i in $(seq 1 50); do is "$pid" "$1" || break; sleep 0.1; done
 	fi
-	libvirtd -d -p "$STATE/libvirtd.pid" >>"$STATE/libvirtd.log" 2>&1
+	rm -f "$STATE/$1.pid"
+}
+
+# launch NAME SOCKET... : start daemon NAME unless it answers on its first
+# SOCKET. A NAME of ours that does not answer (hung) is stopped, and
+# socket files no daemon answers on are removed first.
+launch() {
+	local name=$1 s
+	shift
+	if answers "$1"; then return; fi
+	end "$name"
+	for s in "$@"; do
+		if [ -e "$s" ] && ! answers "$s"; then
+			echo "libvirtd.sh: removing $s: no $name answers on it" >&2
+			rm -f "$s"
+		fi
+	done
+	"$name" -d -p "$STATE/$name.pid" >>"$STATE/$name.log" 2>&1
+	for s in $(seq 1 100); do
+		if answers "$1"; then return; fi
+		sleep 0.1
+	done
+	echo "libvirtd.sh: $name did not answer on $1 in 10 s; see $STATE/$name.log" >&2
+	exit 1
+}
+
+start() {
+	if up && answers "$LOGSOCK"; then echo running; return; fi
+	install
+	launch virtlogd "$LOGSOCK" /run/libvirt/virtlogd-admin-sock
+	if up; then echo running; return; fi
+	launch libvirtd "$SOCK" /run/libvirt/libvirt-sock-ro /run/libvirt/libvirt-admin-sock
 	local i
 	for i in $(seq 1 100); do
 		if up; then echo started; return; fi
@@ -55,14 +110,8 @@ start() {
 }
 
 stop() {
-	local f pid i
-	for f in libvirtd virtlogd; do
-		pid=$(cat "$STATE/$f.pid" 2>/dev/null) || continue
-		kill "$pid" 2>/dev/null || true
-		for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$pid" 2>/dev/null || true
-		rm -f "$STATE/$f.pid"
-	done
+	end libvirtd
+	end virtlogd
 }
 
 case ${1:-} in

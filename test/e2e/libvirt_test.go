@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,5 +291,34 @@ func TestLibvirtForeignDomain(t *testing.T) {
 			t.Errorf("resumed domain not listed")
 		}
 		e.stop(in)
+	}
+}
+
+// TestLibvirtdAfterCrash: libvirtd and virtlogd were killed with SIGKILL
+// and left their socket files (issue 28: a stale virtlogd-sock was taken
+// for a live virtlogd, and every domain start failed). scripts/libvirtd.sh
+// start must see that nothing answers, remove the stale files and start
+// both, so a domain starts (libvirt opens its QEMU log through virtlogd).
+func TestLibvirtdAfterCrash(t *testing.T) {
+	uri := virttest.DaemonAfterCrash(t, repoRoot)
+	for _, s := range []string{virttest.VirtlogSocket, virttest.LibvirtSocket} {
+		c, err := net.Dial("unix", s)
+		if err != nil {
+			t.Fatalf("after scripts/libvirtd.sh start, %s does not answer: %v", s, err)
+		}
+		c.Close()
+	}
+	name := fmt.Sprintf("cloudlet-aftercrash-%d", os.Getpid())
+	xml := filepath.Join(t.TempDir(), "dom.xml")
+	dom := fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>32</memory>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>`, name)
+	if err := os.WriteFile(xml, []byte(dom), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	virsh(t, uri, "create", xml)
+	t.Cleanup(func() { virttest.Virsh(t, uri, "destroy", name) })
+	if !domainListed(t, uri, name) {
+		t.Fatalf("domain %s not running after virsh create", name)
 	}
 }
