@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+
+	"cloudlet/lib/spanset"
 )
 
 // AccessLog is the order in which a resumed VM first read its memory and
@@ -72,7 +74,7 @@ func WriteAccessLog(w io.Writer, l *AccessLog) error {
 // order: several recorded resumes make one log, the first one's order
 // first (vm-resume --access-log adds to an existing log).
 func (l *AccessLog) Merge(more *AccessLog) {
-	var seen [2]spans
+	var seen [2]spanset.Set[uint64]
 	idx := func(space string) int {
 		if space == AccessDisk {
 			return 1
@@ -80,16 +82,16 @@ func (l *AccessLog) Merge(more *AccessLog) {
 		return 0
 	}
 	for _, a := range l.Accesses {
-		seen[idx(a.Space)].add(a.Offset, a.Offset+a.Length)
+		seen[idx(a.Space)].Add(a.Offset, a.Offset+a.Length)
 	}
 	for _, a := range more.Accesses {
 		s := &seen[idx(a.Space)]
 		// Page by page: only what is new keeps its place.
 		for off := a.Offset; off < a.Offset+a.Length; off += PageSize {
-			if s.covers(off, off+PageSize) {
+			if s.Covers(off, off+PageSize) {
 				continue
 			}
-			s.add(off, off+PageSize)
+			s.Add(off, off+PageSize)
 			if k := len(l.Accesses) - 1; k >= 0 && l.Accesses[k].Space == a.Space && l.Accesses[k].Offset+l.Accesses[k].Length == off {
 				l.Accesses[k].Length += PageSize
 				continue

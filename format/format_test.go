@@ -299,21 +299,3 @@ func TestValidateDesc(t *testing.T) {
 		}
 	}
 }
-
-func TestSpans(t *testing.T) {
-	var s spans
-	for _, r := range [][2]uint64{{10, 20}, {30, 40}, {20, 30}, {0, 5}} {
-		if !s.add(r[0], r[1]) {
-			t.Fatalf("add(%v) overlapped", r)
-		}
-	}
-	if len(s.s) != 2 || s.s[1] != [2]uint64{10, 40} {
-		t.Errorf("spans = %v; want [[0 5] [10 40]]", s.s)
-	}
-	if s.add(39, 41) || s.add(4, 6) || s.add(0, 100) {
-		t.Error("overlapping add accepted")
-	}
-	if !s.covers(12, 40) || s.covers(4, 11) || s.covers(40, 41) {
-		t.Error("covers wrong")
-	}
-}

@@ -3,6 +3,8 @@ package format
 import (
 	"fmt"
 	"regexp"
+
+	"cloudlet/lib/spanset"
 )
 
 // Manifest is a MANIFEST record (SPEC.md section 2.10): what the rest of
@@ -75,13 +77,13 @@ func (m *Manifest) Validate(h *Header) error {
 	if Packed(h.Kind) && len(m.Mem)+len(m.Disk) > 0 {
 		return malformed("MANIFEST of a %s stream lists ranges outside its segments", h.Kind)
 	}
-	var mem, disk spans
-	check := func(rs [][2]uint64, set *spans, align, limit uint64, what string) error {
+	var mem, disk spanset.Set[uint64]
+	check := func(rs [][2]uint64, set *spanset.Set[uint64], align, limit uint64, what string) error {
 		for _, x := range rs {
 			if err := span(x[0], x[1], align, limit, "MANIFEST "+what+" range"); err != nil {
 				return err
 			}
-			if !set.add(x[0], x[0]+x[1]) {
+			if !set.Insert(x[0], x[0]+x[1]) {
 				return fmt.Errorf("%w: MANIFEST %s range %d+%d listed twice", ErrOverlap, what, x[0], x[1])
 			}
 		}
@@ -126,13 +128,13 @@ func (m *Manifest) Ranges() (mem, disk [][2]uint64) {
 // promise makes v accept writes only inside m's ranges (SPEC.md section
 // 2.10); CheckPromised then tells whether every one was written.
 func (v *Validator) promise(m *Manifest) {
-	p := &[2]spans{}
+	p := &[2]spanset.Set[uint64]{}
 	mem, disk := m.Ranges()
 	for _, x := range mem {
-		p[0].add(x[0], x[0]+x[1])
+		p[0].Add(x[0], x[0]+x[1])
 	}
 	for _, x := range disk {
-		p[1].add(x[0], x[0]+x[1])
+		p[1].Add(x[0], x[0]+x[1])
 	}
 	*v.promised = p
 }
@@ -145,15 +147,16 @@ func (v *Validator) CheckPromised() error {
 	if p == nil {
 		return nil
 	}
-	for i, set := range []*spans{v.mem, v.disk} {
-		for _, x := range p[i].s {
-			if !set.covers(x[0], x[1]) {
+	var err error
+	for i, set := range []*spanset.Set[uint64]{v.mem, v.disk} {
+		p[i].All(func(lo, hi uint64) {
+			if err == nil && !set.Covers(lo, hi) {
 				what := [2]string{"memory", "disk"}[i]
-				return fmt.Errorf("%w: the MANIFEST promised %s %d+%d, which the stream never wrote", ErrMalformed, what, x[0], x[1]-x[0])
+				err = fmt.Errorf("%w: the MANIFEST promised %s %d+%d, which the stream never wrote", ErrMalformed, what, lo, hi-lo)
 			}
-		}
+		})
 	}
-	return nil
+	return err
 }
 
 // checkPromised refuses a write outside the manifest's ranges.
@@ -166,7 +169,7 @@ func (v *Validator) checkPromised(sp uint8, off, length uint64) error {
 	if sp == SpaceDisk {
 		set, what = &p[1], "disk"
 	}
-	if !set.covers(off, off+length) {
+	if !set.Covers(off, off+length) {
 		return fmt.Errorf("%w: %s %d+%d is not in the stream's MANIFEST", ErrMalformed, what, off, length)
 	}
 	return nil

@@ -1,6 +1,10 @@
 package format
 
-import "fmt"
+import (
+	"fmt"
+
+	"cloudlet/lib/spanset"
+)
 
 // Validator checks records against a stream's HEADER: alignment, bounds,
 // known spaces and methods, no range written twice, and COPY records that
@@ -9,16 +13,16 @@ import "fmt"
 // level and the records inside segments.
 type Validator struct {
 	h          *Header
-	mem, disk  *spans
+	mem, disk  *spanset.Set[uint64]
 	files      map[string]uint64 // FILE name -> bytes so far
 	inSegments bool
-	promised   **[2]spans // the MANIFEST's memory and disk ranges (shared by views; nil: none)
-	started    *bool      // a record other than SIGNER or MANIFEST was seen
+	promised   **[2]spanset.Set[uint64] // the MANIFEST's memory and disk ranges (shared by views; nil: none)
+	started    *bool                    // a record other than SIGNER or MANIFEST was seen
 }
 
 // NewValidator returns a Validator for a stream with header h.
 func NewValidator(h *Header) *Validator {
-	return &Validator{h: h, mem: &spans{}, disk: &spans{}, files: map[string]uint64{}, promised: new(*[2]spans), started: new(bool)}
+	return &Validator{h: h, mem: &spanset.Set[uint64]{}, disk: &spanset.Set[uint64]{}, files: map[string]uint64{}, promised: new(*[2]spanset.Set[uint64]), started: new(bool)}
 }
 
 // InSegment returns a Validator view for records inside an overlay's
@@ -46,7 +50,7 @@ func span(off, length, align, limit uint64, what string) error {
 	return nil
 }
 
-func (v *Validator) space(sp uint8) (*spans, uint64, uint64, string, error) {
+func (v *Validator) space(sp uint8) (*spanset.Set[uint64], uint64, uint64, string, error) {
 	switch sp {
 	case SpaceMem:
 		return v.mem, PageSize, v.h.VM.MemSize, "memory", nil
@@ -67,7 +71,7 @@ func (v *Validator) claim(sp uint8, off, length uint64) error {
 	if err := v.checkPromised(sp, off, length); err != nil {
 		return err
 	}
-	if !set.add(off, off+length) {
+	if !set.Insert(off, off+length) {
 		return fmt.Errorf("%w: %s %d+%d", ErrOverlap, name, off, length)
 	}
 	return nil
@@ -137,7 +141,7 @@ func (v *Validator) Check(r *Record) error {
 		if v.whole() && c.Source <= SourceBaseDisk {
 			return fmt.Errorf("%w: COPY from the base in a %s stream", ErrMalformed, v.h.Kind)
 		}
-		var src *spans
+		var src *spanset.Set[uint64]
 		var align, limit uint64
 		switch c.Source {
 		case SourceBaseMem, SourceStreamMem:
@@ -150,7 +154,7 @@ func (v *Validator) Check(r *Record) error {
 		if err := span(c.SourceOffset, c.Length, align, limit, "COPY source"); err != nil {
 			return err
 		}
-		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && !src.covers(c.SourceOffset, c.SourceOffset+c.Length) {
+		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && !src.Covers(c.SourceOffset, c.SourceOffset+c.Length) {
 			return fmt.Errorf("%w: source %d+%d", ErrDanglingCopy, c.SourceOffset, c.Length)
 		}
 		return v.claim(c.Space, c.Offset, c.Length)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"cloudlet/lib/spanset"
 )
 
 const (
@@ -36,14 +38,14 @@ type Image struct {
 	base io.ReaderAt
 
 	mu       sync.Mutex
-	pending  spanSet // sectors expected and not yet arrived
-	arrived  spanSet // sectors whose content is in the store
+	pending  spanset.Set[int64] // sectors expected and not yet arrived
+	arrived  spanset.Set[int64] // sectors whose content is in the store
 	wake     chan struct{}
-	failed   error   // Fail's error
-	closed   bool    // unmounted: reads that would wait fail, Fill fails
-	mounted  bool    // handed to Mount (an image serves one mount)
-	storeDir string  // where the store is made (Mount's StoreDir)
-	seen     spanSet // pages read through the mount
+	failed   error              // Fail's error
+	closed   bool               // unmounted: reads that would wait fail, Fill fails
+	mounted  bool               // handed to Mount (an image serves one mount)
+	storeDir string             // where the store is made (Mount's StoreDir)
+	seen     spanset.Set[int64] // pages read through the mount
 	accesses []pageRun
 	seq      *atomic.Int64 // the mount's access counter (Mount sets it)
 
@@ -86,7 +88,7 @@ func (im *Image) Expect(off, n int64) error {
 	}
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	im.arrived.gaps(a, b, func(s, e int64) { im.pending.add(s, e) })
+	im.arrived.Gaps(a, b, func(s, e int64) { im.pending.Add(s, e) })
 	return nil
 }
 
@@ -122,7 +124,7 @@ func (im *Image) Zero(off, n int64) error {
 		return err
 	}
 	im.mu.Lock()
-	overwrite := im.arrived.overlaps(a, b)
+	overwrite := im.arrived.Overlaps(a, b)
 	im.mu.Unlock()
 	if overwrite {
 		// Data arrived there before: punch it out of the store. A
@@ -155,8 +157,8 @@ func (im *Image) checkOpen() error {
 // arrive marks sectors [a, b) arrived and wakes the waiting reads.
 func (im *Image) arrive(a, b int64) {
 	im.mu.Lock()
-	im.pending.remove(a, b)
-	im.arrived.add(a, b)
+	im.pending.Remove(a, b)
+	im.arrived.Add(a, b)
 	im.broadcast()
 	im.mu.Unlock()
 }
@@ -271,8 +273,8 @@ func (im *Image) Fail(err error) {
 func (im *Image) Pending() int64 {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	n := im.pending.total * sectorSize
-	if tail := im.size % sectorSize; tail != 0 && im.pending.overlaps(im.size/sectorSize, im.size/sectorSize+1) {
+	n := im.pending.Total() * sectorSize
+	if tail := im.size % sectorSize; tail != 0 && im.pending.Overlaps(im.size/sectorSize, im.size/sectorSize+1) {
 		n -= sectorSize - tail // the last sector is partial
 	}
 	return n
@@ -307,7 +309,7 @@ type pageRun struct{ first, n, seq int64 }
 // (the kernel reads whole windows, so they are long).
 func (im *Image) noteAccess(off, end int64) {
 	a, b := off/pageSize, (end+pageSize-1)/pageSize
-	im.seen.gaps(a, b, func(s, e int64) {
+	im.seen.Gaps(a, b, func(s, e int64) {
 		if k := len(im.accesses) - 1; k >= 0 && im.accesses[k].first+im.accesses[k].n == s {
 			im.accesses[k].n += e - s
 			return
@@ -318,7 +320,7 @@ func (im *Image) noteAccess(off, end int64) {
 		}
 		im.accesses = append(im.accesses, pageRun{s, e - s, seq})
 	})
-	im.seen.add(a, b)
+	im.seen.Add(a, b)
 }
 
 // readAt fills dest with the content at off (dest must lie inside the
@@ -332,7 +334,7 @@ func (im *Image) readAt(ctx context.Context, dest []byte, off int64, note bool) 
 	if note {
 		im.noteAccess(off, end)
 	}
-	for im.pending.overlaps(a, b) {
+	for im.pending.Overlaps(a, b) {
 		if im.failed != nil || im.closed {
 			im.mu.Unlock()
 			return syscall.EIO
@@ -357,7 +359,7 @@ func (im *Image) readAt(ctx context.Context, dest []byte, off int64, note bool) 
 	}
 	var parts []part
 	at := off
-	im.arrived.each(a, b, func(s, e int64) {
+	im.arrived.Each(a, b, func(s, e int64) {
 		s, e = max(s*sectorSize, off), min(e*sectorSize, end)
 		if s > at {
 			parts = append(parts, part{at, s, false})
@@ -397,7 +399,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	}
 	a, b := off/sectorSize, (end+sectorSize-1)/sectorSize
 	im.mu.Lock()
-	if im.pending.overlaps(a, b) {
+	if im.pending.Overlaps(a, b) {
 		im.mu.Unlock()
 		return 0, fmt.Errorf("lazyfs: read %s [%d, +%d): not arrived yet", im.name, off, len(p))
 	}

@@ -751,67 +751,6 @@ func TestStaleMount(t *testing.T) {
 	must(t, s.Unmount())
 }
 
-func TestSpanSet(t *testing.T) {
-	const n = 300
-	r := rand.New(rand.NewPCG(3, 4))
-	var s spanSet
-	model := make([]bool, n)
-	for i := 0; i < 20000; i++ {
-		a := r.Int64N(n)
-		b := a + r.Int64N(min(n-a, 40)+1)
-		if r.IntN(2) == 0 {
-			s.add(a, b)
-			for x := a; x < b; x++ {
-				model[x] = true
-			}
-		} else {
-			s.remove(a, b)
-			for x := a; x < b; x++ {
-				model[x] = false
-			}
-		}
-		// The spans, their count and total match the model, and
-		// the spans are disjoint and not adjacent.
-		var spans [][2]int64
-		walk(s.root, func(x *span) { spans = append(spans, [2]int64{x.start, x.end}) })
-		var want [][2]int64
-		total := int64(0)
-		for x := int64(0); x < n; x++ {
-			if !model[x] {
-				continue
-			}
-			total++
-			if k := len(want); k > 0 && want[k-1][1] == x {
-				want[k-1][1]++
-			} else {
-				want = append(want, [2]int64{x, x + 1})
-			}
-		}
-		if !slices.Equal(spans, want) || s.n != len(want) || s.total != total {
-			t.Fatalf("op %d: spans %v (n %d total %d), want %v (total %d)", i, spans, s.n, s.total, want, total)
-		}
-		qa := r.Int64N(n)
-		qb := qa + r.Int64N(n-qa+1)
-		wantOverlap := false
-		var wantGaps [][2]int64
-		for x := qa; x < qb; x++ {
-			wantOverlap = wantOverlap || model[x]
-			if !model[x] {
-				if k := len(wantGaps); k > 0 && wantGaps[k-1][1] == x {
-					wantGaps[k-1][1]++
-				} else {
-					wantGaps = append(wantGaps, [2]int64{x, x + 1})
-				}
-			}
-		}
-		var gaps [][2]int64
-		s.gaps(qa, qb, func(a, b int64) { gaps = append(gaps, [2]int64{a, b}) })
-		if s.overlaps(qa, qb) != wantOverlap || !slices.Equal(gaps, wantGaps) {
-			t.Fatalf("op %d: query [%d, %d): overlaps %v gaps %v, want %v %v", i, qa, qb, s.overlaps(qa, qb), gaps, wantOverlap, wantGaps)
-		}
-	}
-}
-
 // BenchmarkRead reads a 256 MiB image through the mount with sequential
 // 1 MiB preads, everything arrived (from the store), dropping the page
 // cache before each pass so that every read goes to the server.
