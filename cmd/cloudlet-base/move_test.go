@@ -18,6 +18,27 @@ import (
 // 2 MiB disk image with data and a hole, 1 MiB of memory, a kernel.
 func makeBase(t *testing.T, dir string) string {
 	t.Helper()
+	kit := filepath.Join(dir, "kit")
+	os.MkdirAll(kit, 0o755)
+	kernel := bytes.Repeat([]byte("not really a kernel "), 100000) // 2 MB: several FILE records
+	if err := os.WriteFile(filepath.Join(kit, base.KernelFile), kernel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kSum, _ := base.FileSHA256(filepath.Join(kit, base.KernelFile))
+	s, img := fullStream(t, dir, format.VMDesc{Kernel: kSum})
+	b := filepath.Join(dir, "b1")
+	cat := filepath.Join(dir, "cat1.json")
+	if _, errOut, err := runTool(t, s, "--catalog", cat, "create", "--image", img, "--kit", kit, "--name", "t", b); err != nil {
+		t.Fatalf("create: %v: %s", err, errOut)
+	}
+	return b
+}
+
+// fullStream writes dir/image.raw (2 MiB, data and a hole) and returns a
+// full stream of a VM with 1 MiB of memory on it, booted as boot says
+// (its Kernel, Initrd, Append), and the image's path.
+func fullStream(t *testing.T, dir string, boot format.VMDesc) (*bytes.Buffer, string) {
+	t.Helper()
 	r := rand.New(rand.NewSource(7))
 	img := filepath.Join(dir, "image.raw")
 	data := make([]byte, 256<<10)
@@ -28,18 +49,11 @@ func makeBase(t *testing.T, dir string) string {
 	if err := os.Truncate(img, 2<<20); err != nil {
 		t.Fatal(err)
 	}
-	kit := filepath.Join(dir, "kit")
-	os.MkdirAll(kit, 0o755)
-	kernel := bytes.Repeat([]byte("not really a kernel "), 100000) // 2 MB: several FILE records
-	if err := os.WriteFile(filepath.Join(kit, base.KernelFile), kernel, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	imgSum, _ := base.FileSHA256(img)
-	kSum, _ := base.FileSHA256(filepath.Join(kit, base.KernelFile))
 	var s bytes.Buffer
 	w := format.NewWriter(&s)
 	vmd := format.VMDesc{Machine: "pc-i440fx-7.2", CPU: "qemu64", MemSize: 1 << 20, DiskSize: 2 << 20, DiskFormat: "raw",
-		DiskBase: imgSum, Kernel: kSum, RAMBlocks: []format.RAMBlock{{ID: "mem", Size: 1 << 20}}}
+		DiskBase: imgSum, Kernel: boot.Kernel, Initrd: boot.Initrd, Append: boot.Append, RAMBlocks: []format.RAMBlock{{ID: "mem", Size: 1 << 20}}}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -53,12 +67,7 @@ func makeBase(t *testing.T, dir string) string {
 	must(w.WriteMem(16*format.PageSize, page))
 	must(w.WriteDisk(1<<20, page))
 	must(w.Close())
-	b := filepath.Join(dir, "b1")
-	cat := filepath.Join(dir, "cat1.json")
-	if _, errOut, err := runTool(t, &s, "--catalog", cat, "create", "--image", img, "--kit", kit, "--name", "t", b); err != nil {
-		t.Fatalf("create: %v: %s", err, errOut)
-	}
-	return b
+	return &s, img
 }
 
 func runTool(t *testing.T, stdin *bytes.Buffer, args ...string) (string, string, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"cloudlet/format"
@@ -44,7 +45,7 @@ The catalog is a JSON list of {"name","sha256","path"}, as the original
 server used; --catalog or $CLOUDLET_CATALOG choose the file.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	var catalog, image string
+	var catalog, image, kernel, initrd string
 	var kits cli.StringSlice
 	withCatalog := func(fn func(c *base.Catalog, cc *cli.Context) error) cli.ActionFunc {
 		return func(cc *cli.Context) error {
@@ -100,7 +101,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			Name: "create", Usage: "make a base folder from a full stream on stdin", ArgsUsage: "DIR",
 			Flags: append([]cli.Flag{
 				cliutil.Path(&cli.StringFlag{Name: "image", Usage: "the disk image (raw or qcow2) the captured VM was launched from", Destination: &image}),
-				cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted (repeatable)", Destination: &kits}),
+				cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with the kernel and initrd the VM booted, as vmlinuz and initrd.img (repeatable)", Destination: &kits}),
+				cliutil.Path(&cli.StringFlag{Name: "kernel", Usage: "the kernel the VM booted (any name; copied into the base)", Destination: &kernel}),
+				cliutil.Path(&cli.StringFlag{Name: "initrd", Usage: "the initrd the VM booted (any name; copied into the base)", Destination: &initrd}),
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
@@ -120,7 +123,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				start := time.Now()
 				meter, in, _ := progress.Start("cloudlet-base create", stdin, stdout, stderr, popt)
 				m, err := base.Create(dir, format.NewReader(in), base.CreateOptions{
-					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows")})
+					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows"),
+					BootFiles: slices.DeleteFunc([]string{kernel, initrd}, func(s string) bool { return s == "" })})
 				if err := done(meter, err, m); err != nil {
 					return err
 				}

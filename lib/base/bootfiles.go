@@ -3,6 +3,9 @@ package base
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 
 	"cloudlet/format"
 )
@@ -28,14 +31,16 @@ func BootFiles(d format.VMDesc) map[string]string {
 }
 
 // FindBootFile returns the file named name whose sha256 is sum, looking at
-// DIR/name for each of dirs; for the firmware files also at every *.fd file
-// in each of dirs, since system firmware folders (Debian's /usr/share/OVMF)
-// keep their own file names.
-func FindBootFile(sum, name string, dirs []string) (string, error) {
+// each of files (boot files the user named by path, whatever their names:
+// `cloudlet-base create --kernel K --initrd I`), then at DIR/name for each
+// of dirs; for the firmware files also at every *.fd file in each of dirs,
+// since system firmware folders (Debian's /usr/share/OVMF) keep their own
+// file names.
+func FindBootFile(sum, name string, dirs []string, files ...string) (string, error) {
 	if sum == "" {
 		return "", nil
 	}
-	var cands []string
+	cands := slices.Clone(files)
 	for _, d := range dirs {
 		cands = append(cands, filepath.Join(d, name))
 	}
@@ -50,9 +55,48 @@ func FindBootFile(sum, name string, dirs []string) (string, error) {
 			return p, nil
 		}
 	}
-	hint := "give the guest kit folder with --kit"
+	what := "kernel"
+	if name == InitrdFile {
+		what = "initrd"
+	}
+	hint := fmt.Sprintf("give the %s the VM booted with --%s FILE (or the guest kit folder with --kit)", what, what)
 	if name == FirmwareCodeFile || name == FirmwareVarsFile {
 		hint = "install Debian's ovmf package (the VM was started with UEFI), or resume from its base folder"
 	}
-	return "", fmt.Errorf("the VM was started with a %s of sha256 %s; none in %v: %s", name, short(sum), dirs, hint)
+	where := fmt.Sprint(dirs)
+	if len(files) > 0 {
+		where = fmt.Sprint(append(slices.Clone(files), dirs...))
+	}
+	return "", fmt.Errorf("the VM was started with a %s of sha256 %s; none in %s: %s", name, short(sum), where, hint)
+}
+
+// SameBoot checks that a stream's VM boots as the base's did: the same
+// kernel, initrd, kernel command line and firmware. A stream made on this
+// base always does; one that does not would resume under a different boot
+// than its base was made with.
+func SameBoot(b, stream format.VMDesc) error {
+	for _, f := range []struct{ what, base, stream string }{
+		{"kernel", b.Kernel, stream.Kernel},
+		{"initrd", b.Initrd, stream.Initrd},
+		{"kernel command line (--append)", b.Append, stream.Append},
+		{"firmware", b.Firmware, stream.Firmware},
+		{"firmware code", b.FirmwareCode, stream.FirmwareCode},
+	} {
+		if f.base != f.stream {
+			return fmt.Errorf("the stream's VM boots with %s %s, but its base was made with %s: it was not captured from this base (make the overlay again from the base)", f.what, shown(f.stream), shown(f.base))
+		}
+	}
+	return nil
+}
+
+// shown quotes a boot setting for an error: a sha256 short, a command
+// line in full, nothing as "none".
+func shown(v string) string {
+	switch {
+	case v == "":
+		return "none"
+	case len(v) == 64 && strings.Trim(v, "0123456789abcdef") == "":
+		return "of sha256 " + short(v)
+	}
+	return strconv.Quote(v)
 }

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 
 	"cloudlet/format"
 )
@@ -19,7 +21,11 @@ type CreateOptions struct {
 	Name    string
 	Image   string   // the disk image the stream's disk records are relative to (sha256 = disk_base)
 	KitDirs []string // folders searched for the kernel, initrd and firmware named by sha256
-	Windows bool     // index the base disk at 512-byte steps too
+	// BootFiles are files searched first, whatever their names: the
+	// kernel and initrd the VM booted, given by path. Create copies the
+	// ones the VM description names into the base folder.
+	BootFiles []string
+	Windows   bool // index the base disk at 512-byte steps too
 	// ExpectID, when set, is the ID the new base must have (an import
 	// checks the export's claim); a mismatch removes the new folder.
 	ExpectID string
@@ -172,6 +178,9 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 			return nil, err
 		}
 	}
+	if err := usedBootFiles(vm, opt.BootFiles); err != nil {
+		return nil, err
+	}
 	for name, sum := range BootFiles(vm) {
 		dst := filepath.Join(tmp, name)
 		if _, err := os.Stat(dst); err == nil { // carried by the stream
@@ -180,7 +189,7 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 			}
 			continue
 		}
-		src, err := FindBootFile(sum, name, opt.KitDirs)
+		src, err := FindBootFile(sum, name, opt.KitDirs, opt.BootFiles...)
 		if err != nil {
 			return nil, err
 		}
@@ -213,6 +222,30 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		return nil, err
 	}
 	return meta, seal(tmp)
+}
+
+// usedBootFiles checks that each of files is a boot file the VM
+// description names, so a wrong --kernel or --initrd is an error, not
+// ignored.
+func usedBootFiles(vm format.VMDesc, files []string) error {
+	want := BootFiles(vm)
+	for _, f := range files {
+		sum, err := FileSHA256(f)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(slices.Collect(maps.Values(want)), sum) {
+			booted := "through its own bootloader (no kernel given to QEMU)"
+			if vm.Kernel != "" {
+				booted = "a kernel of sha256 " + short(vm.Kernel)
+				if vm.Initrd != "" {
+					booted += " and an initrd of sha256 " + short(vm.Initrd)
+				}
+			}
+			return fmt.Errorf("%s (sha256 %s) is not a file the VM booted: it booted %s", f, short(sum), booted)
+		}
+	}
+	return nil
 }
 
 // writeBootFile writes a FILE record's chunk into the boot file it names

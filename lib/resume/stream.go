@@ -87,6 +87,9 @@ func prepareStream(r *format.Reader, so *StreamOptions) (_ *streamSetup, err err
 			return nil, fmt.Errorf("base %s does not match the stream's VM (RAM %d vs %d bytes, disk %s vs %s)",
 				s.b.ID(), s.b.Meta.VM.MemSize, h.VM.MemSize, s.b.Meta.DiskSHA, h.VM.DiskBase)
 		}
+		if err := base.SameBoot(s.b.Meta.VM, h.VM); err != nil {
+			return nil, fmt.Errorf("base %s: %w", s.b.ID(), err)
+		}
 	}
 	b := s.b
 	s.main = mainBlock(h.VM)

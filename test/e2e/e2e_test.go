@@ -100,6 +100,7 @@ type env struct {
 	t   *testing.T
 	dir string
 	kit guesttest.GuestKit
+	env []string // more environment, after (and over) environ's
 }
 
 func newEnv(t *testing.T) *env {
@@ -133,13 +134,13 @@ func newEnv(t *testing.T) *env {
 func (e *env) path(elem ...string) string { return filepath.Join(append([]string{e.dir}, elem...)...) }
 
 func (e *env) environ() []string {
-	return append(os.Environ(),
+	return append(append(os.Environ(),
 		"PATH="+binDir+":"+os.Getenv("PATH"),
 		"CLOUDLET_CATALOG="+e.path("catalog.json"),
 		"CLOUDLET_RUN_DIR="+e.path("run"),
 		"CLOUDLET_GUEST_DIR="+e.kit.Dir,
 		"CLOUDLET_BIN=",
-	)
+	), e.env...)
 }
 
 // run runs a command in the test's environment; it returns stdout, stderr

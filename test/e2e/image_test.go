@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"cloudlet/lib/base"
 	"cloudlet/lib/guesttest"
+	"cloudlet/lib/virt/virttest"
 )
 
 // Regular VM images, which boot through their own bootloader (no -kernel),
@@ -145,5 +147,87 @@ func TestClonesDiffer(t *testing.T) {
 		seen[lines[0]] = fmt.Sprintf("clone %d", i)
 		t.Logf("clone %d: %s (reseeds logged: %s)", i, lines[0], lines[1])
 		e.stop(in)
+	}
+}
+
+// TestKernelBootEndToEnd (issue 29): `cloudlet base IMAGE --kernel K
+// --initrd I --append A` on a disk with no bootloader, the kernel and
+// initrd under other names in two other folders, and no guest kit to fall
+// back on: base -> overlay -> synthesis locally, over ssh and into
+// libvirt; the overlay's app and files are there. The base folder keeps
+// its own copies of the boot files, so moving the originals away after
+// `cloudlet base` changes nothing.
+func TestKernelBootEndToEnd(t *testing.T) {
+	e := newEnv(t)
+	e.env = []string{"CLOUDLET_GUEST_DIR=" + e.path("no-kit")} // an empty folder: nothing to find by name
+	kernel, initrd, disk := e.path("boot", "bzImage-6.1-cloud"), e.path("initrds", "boot.cpio.gz"), e.path("disk.raw")
+	for src, dst := range map[string]string{e.kit.Kernel: kernel, e.kit.Initrd: initrd, e.kit.Rootfs: disk} {
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if out, err := exec.Command("cp", "--sparse=always", src, dst).CombinedOutput(); err != nil {
+			t.Fatalf("cp %s: %v: %s", src, err, out)
+		}
+	}
+	os.MkdirAll(e.path("no-kit"), 0o755)
+	baseID := e.cloudlet("base", disk, "--kernel", kernel, "--initrd", initrd, "--append", guesttest.DefaultAppend,
+		"--name", "kb", "--out", "kb.base", "--ready-console", guesttest.ReadyMarker,
+		"--cmd", "echo kernel-base > /root/base-mark && sync")
+	baseDir := e.path("kb.base")
+	b, err := base.Open(baseDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Meta.VM.Append != guesttest.DefaultAppend {
+		t.Errorf("base.json keeps append %q, want %q", b.Meta.VM.Append, guesttest.DefaultAppend)
+	}
+	b.Close()
+	for name, src := range map[string]string{base.KernelFile: kernel, base.InitrdFile: initrd} {
+		if readFile(t, filepath.Join(baseDir, name)) != readFile(t, src) {
+			t.Errorf("the base's %s is not a copy of %s", name, src)
+		}
+	}
+	// The originals go away: the base needs only its own folder.
+	if err := os.RemoveAll(e.path("boot")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(e.path("initrds")); err != nil {
+		t.Fatal(err)
+	}
+
+	port := guesttest.FreePort(t)
+	ovl := e.path("app.overlay")
+	e.cloudlet(append([]string{"overlay", "kb.base", "--name", "app", "--out", ovl, "--forward", fmt.Sprintf("tcp:%d:80", port)},
+		appCmds(baseID)...)...)
+
+	check := func(e *env, in instance, p int) {
+		e.t.Helper()
+		e.checkApp(in, p, baseID)
+		if got := e.console(in.RunDir, "cat /root/base-mark; cat /proc/cmdline"); !strings.Contains(got, "kernel-base") || !strings.Contains(got, guesttest.DefaultAppend) {
+			e.t.Errorf("the base's file and kernel command line: %q", got)
+		}
+		e.stop(in)
+	}
+	t.Run("local", func(t *testing.T) {
+		e := &env{t: t, dir: e.dir, kit: e.kit, env: e.env}
+		p := guesttest.FreePort(t)
+		check(e, parseInstance(t, e.cloudlet("synthesis", ovl, "--forward", fmt.Sprintf("tcp:%d:80", p))), p)
+	})
+	t.Run("ssh", func(t *testing.T) {
+		e := &env{t: t, dir: e.dir, kit: e.kit, env: e.env}
+		sshOpts := startSSHD(t, e.path("ssh"))
+		p := guesttest.FreePort(t)
+		check(e, parseInstance(t, e.cloudlet("synthesis", ovl, "--remote", "root@127.0.0.1", "--ssh-opts", sshOpts,
+			"--remote-bin", binDir, "--remote-catalog", e.path("catalog.json"),
+			"--forward", fmt.Sprintf("tcp:%d:80", p), "--run-dir", e.path("run", "ssh"))), p)
+	})
+	t.Run("libvirt", func(t *testing.T) {
+		e := &env{t: t, dir: e.dir, kit: e.kit, env: e.env}
+		uri := virttest.Daemon(t, repoRoot)
+		p := guesttest.FreePort(t)
+		js := e.cloudlet("synthesis", ovl, "--libvirt", uri, "--forward", fmt.Sprintf("tcp:%d:80", p), "--run-dir", e.path("run", "lv"))
+		libvirtDomain(t, js)
+		check(e, parseInstance(t, js), p)
+	})
+	if out, stderr, code := e.run(2*time.Minute, nil, filepath.Join(binDir, "cloudlet-base"), "verify", baseDir); code != 0 {
+		t.Errorf("cloudlet-base verify: exit %d: %s%s", code, out, stderr)
 	}
 }
