@@ -29,6 +29,18 @@ const (
 	MaxRecordData = 1 << 20
 	// MaxMetaPayload caps msgpack payloads (HEADER, END, ERROR, INDEX).
 	MaxMetaPayload = 4 << 20
+	// MaxDevState caps the DEVSTATE bytes of one stream, all records
+	// together (SPEC.md section 2.1): a real VM's device state is a few
+	// hundred KB; without a cap a stream could make a consumer spool
+	// gigabytes of it before its END was found missing.
+	MaxDevState = 64 << 20
+	// MaxSegmentRecords caps the frames inside one SEGMENT (section 2.5);
+	// overlay-pack starts a new segment before it.
+	MaxSegmentRecords = 1 << 18
+	// MaxManifestRanges caps the memory and disk ranges of a MANIFEST,
+	// all segment entries together (section 2.10): 2 GiB of scattered
+	// single pages.
+	MaxManifestRanges = 1 << 19
 
 	// PageSize is the memory granularity: MEM offsets and lengths are
 	// multiples of it.

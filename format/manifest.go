@@ -78,6 +78,13 @@ func (m *Manifest) Validate(h *Header) error {
 		return malformed("MANIFEST of a %s stream lists ranges outside its segments", h.Kind)
 	}
 	var mem, disk spanset.Set[uint64]
+	n := len(m.Mem) + len(m.Disk)
+	for _, s := range m.Segments {
+		n += len(s.Mem) + len(s.Disk)
+	}
+	if n > MaxManifestRanges {
+		return fmt.Errorf("%w: MANIFEST of %d ranges (at most %d)", ErrTooLarge, n, MaxManifestRanges)
+	}
 	check := func(rs [][2]uint64, set *spanset.Set[uint64], align, limit uint64, what string) error {
 		for _, x := range rs {
 			if err := span(x[0], x[1], align, limit, "MANIFEST "+what+" range"); err != nil {

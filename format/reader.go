@@ -21,11 +21,12 @@ import (
 // *UpstreamError, anything else wrong is a *CorruptError saying where.
 // Errors are sticky.
 type Reader struct {
-	br    *bufio.Reader
-	err   error
-	body  bool // frames only (segment content)
-	off   int64
-	frame int64
+	br        *bufio.Reader
+	err       error
+	body      bool  // frames only (segment content)
+	maxFrames int64 // for a segment's content: MaxSegmentRecords (0: no cap)
+	off       int64
+	frame     int64
 
 	hdr  *Header
 	val  *Validator
@@ -49,7 +50,9 @@ func NewReader(r io.Reader) *Reader {
 // END), validating them with v (from Validator.InSegment). Next returns
 // io.EOF at the end of b.
 func NewBodyReader(b []byte, v *Validator) *Reader {
-	return NewBodyStreamReader(bytes.NewReader(b), v)
+	rd := NewBodyStreamReader(bytes.NewReader(b), v)
+	rd.maxFrames = MaxSegmentRecords
+	return rd
 }
 
 // NewBodyStreamReader is NewBodyReader for frames read from r (no
@@ -152,6 +155,9 @@ func (r *Reader) readFrame() (*Record, error) {
 	}
 	t, flags := Type(r.head[0]), r.head[1]
 	n := binary.LittleEndian.Uint32(r.head[4:])
+	if r.maxFrames > 0 && r.frame > r.maxFrames {
+		return nil, r.fail(t, fmt.Errorf("%w: more than %d records in one segment", ErrTooLarge, r.maxFrames))
+	}
 	if flags&^FlagCritical != 0 || r.head[2] != 0 || r.head[3] != 0 {
 		return nil, r.fail(t, ErrReservedNonZero)
 	}

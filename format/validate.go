@@ -18,17 +18,18 @@ type Validator struct {
 	inSegments bool
 	promised   **[2]spanset.Set[uint64] // the MANIFEST's memory and disk ranges (shared by views; nil: none)
 	started    *bool                    // a record other than SIGNER or MANIFEST was seen
+	devState   *uint64                  // DEVSTATE bytes so far (shared by views)
 }
 
 // NewValidator returns a Validator for a stream with header h.
 func NewValidator(h *Header) *Validator {
-	return &Validator{h: h, mem: &spanset.Set[uint64]{}, disk: &spanset.Set[uint64]{}, files: map[string]uint64{}, promised: new(*[2]spanset.Set[uint64]), started: new(bool)}
+	return &Validator{h: h, mem: &spanset.Set[uint64]{}, disk: &spanset.Set[uint64]{}, files: map[string]uint64{}, promised: new(*[2]spanset.Set[uint64]), started: new(bool), devState: new(uint64)}
 }
 
 // InSegment returns a Validator view for records inside an overlay's
 // SEGMENT: the same coverage, but the rules of a diff stream body.
 func (v *Validator) InSegment() *Validator {
-	return &Validator{h: v.h, mem: v.mem, disk: v.disk, files: v.files, inSegments: true, promised: v.promised, started: v.started}
+	return &Validator{h: v.h, mem: v.mem, disk: v.disk, files: v.files, inSegments: true, promised: v.promised, started: v.started, devState: v.devState}
 }
 
 func (v *Validator) body() bool { return !Packed(v.h.Kind) || v.inSegments }
@@ -113,6 +114,10 @@ func (v *Validator) Check(r *Record) error {
 		}
 	}
 	switch r.Type {
+	case TypeDevState:
+		if *v.devState += uint64(len(r.Payload)); *v.devState > MaxDevState {
+			return fmt.Errorf("%w: device state of more than %d bytes (DEVSTATE records so far: %d bytes; a VM's is a few hundred KB)", ErrTooLarge, MaxDevState, *v.devState)
+		}
 	case TypeMem, TypeDisk:
 		off, data, err := r.DataRecord()
 		if err != nil {

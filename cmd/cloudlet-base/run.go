@@ -56,6 +56,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return fn(c, cc)
 		}
 	}
+	limitFlags := []cli.Flag{
+		&cli.StringFlag{Name: "max-mem", EnvVars: []string{"CLOUDLET_MAX_MEM"}, Usage: "refuse a VM declaring more memory than `SIZE` (e.g. 8G) before writing anything (default: the host's RAM)"},
+		&cli.StringFlag{Name: "max-disk", EnvVars: []string{"CLOUDLET_MAX_DISK"}, Usage: "refuse a VM declaring a larger disk than `SIZE` before writing anything (default: the free space where DIR goes)"},
+	}
+	limits := func(cc *cli.Context, dir string) (base.Limits, error) {
+		l, err := base.DefaultLimits(dir)
+		if err != nil {
+			return l, err
+		}
+		for name, v := range map[string]*uint64{"max-mem": &l.MaxMem, "max-disk": &l.MaxDisk} {
+			if cc.IsSet(name) {
+				n, err := cliutil.ParseSize(cc.String(name))
+				if err != nil {
+					return l, cliutil.Usagef("--%s: %v", name, err)
+				}
+				*v = n
+			}
+		}
+		return l, nil
+	}
 	oneArg := func(cc *cli.Context, what string) (string, error) {
 		if cc.NArg() != 1 {
 			return "", cliutil.Usagef("%s: want exactly one %s (flags go before it)", cc.Command.Name, what)
@@ -107,7 +127,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
-			}, progCreate.Flags()...),
+			}, append(limitFlags, progCreate.Flags()...)...),
 			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
 				dir, err := oneArg(cc, "DIR")
 				if err != nil {
@@ -120,11 +140,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
+				lim, err := limits(cc, dir)
+				if err != nil {
+					return err
+				}
 				start := time.Now()
 				meter, in, _ := progress.Start("cloudlet-base create", stdin, stdout, stderr, popt)
 				m, err := base.Create(dir, format.NewReader(in), base.CreateOptions{
 					Name: cc.String("name"), Image: image, KitDirs: append(kits.Value(), vm.FirmwareDir), Windows: cc.Bool("windows"),
-					BootFiles: slices.DeleteFunc([]string{kernel, initrd}, func(s string) bool { return s == "" })})
+					Limits: lim, BootFiles: slices.DeleteFunc([]string{kernel, initrd}, func(s string) bool { return s == "" })})
 				if err := done(meter, err, m); err != nil {
 					return err
 				}
@@ -226,7 +250,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				&cli.StringFlag{Name: "name", Usage: "base name for the catalog (default: the folder's name)"},
 				&cli.BoolFlag{Name: "windows", Usage: "also index the disk at 512-byte steps"},
 				&cli.BoolFlag{Name: "add", Usage: "add the new base to the catalog"},
-			}, progImport.Flags()...),
+			}, append(limitFlags, progImport.Flags()...)...),
 			Action: withCatalog(func(c *base.Catalog, cc *cli.Context) error {
 				dir, err := oneArg(cc, "DIR")
 				if err != nil {
@@ -246,9 +270,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				if err != nil {
 					return err
 				}
+				lim, err := limits(cc, dir)
+				if err != nil {
+					return err
+				}
 				start := time.Now()
 				meter, in, _ := progress.Start("cloudlet-base import", stdin, stdout, stderr, popt)
-				m, err := importBase(ctx, in, dir, c, base.CreateOptions{Name: name, Windows: cc.Bool("windows")})
+				m, err := importBase(ctx, in, dir, c, base.CreateOptions{Name: name, Windows: cc.Bool("windows"), Limits: lim})
 				if err := done(meter, err, m); err != nil {
 					return err
 				}

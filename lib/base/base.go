@@ -168,19 +168,6 @@ func (b *Base) Verify() error {
 	return nil
 }
 
-func fileSHA(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return nil, err
-	}
-	return h.Sum(nil), nil
-}
-
 // FileSHA256 returns the hex sha256 of a file.
 func FileSHA256(path string) (string, error) {
 	s, err := fileSHA(path)

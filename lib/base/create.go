@@ -29,6 +29,9 @@ type CreateOptions struct {
 	// ExpectID, when set, is the ID the new base must have (an import
 	// checks the export's claim); a mismatch removes the new folder.
 	ExpectID string
+	// Limits are checked against the stream's HEADER before anything is
+	// written (zero values: no limit; DefaultLimits are the host's).
+	Limits Limits
 }
 
 // Create makes a base folder dir from a full stream (vm-capture's output).
@@ -41,6 +44,9 @@ func Create(dir string, r *format.Reader, opt CreateOptions) (*Meta, error) {
 	}
 	if h.Kind != format.KindFull {
 		return nil, fmt.Errorf("a base is made from a full stream (vm-capture's output), not a %s stream", h.Kind)
+	}
+	if err := opt.Limits.check(h.VM); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(dir); err == nil {
 		return nil, fmt.Errorf("%s already exists; bases are read-only once made, choose another folder", dir)
@@ -132,7 +138,11 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		return nil, err
 	}
 	defer dev.Close()
-	zero := make([]byte, 1<<20)
+	// The digests are taken as the data arrives (a base export's records
+	// come in offset order), so nothing is read back and a base whose ID
+	// cannot match is refused at END.
+	whole := h.VM.DiskSize > 0 && vm.DiskBase == ""
+	memH, diskH, devH := newSeqHash(vm.MemSize), newSeqHash(vm.DiskSize), sha256.New()
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -148,23 +158,27 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		}
 		switch rec.Type {
 		case format.TypeDevState:
+			devH.Write(rec.Payload)
 			_, err = dev.Write(rec.Payload)
 		case format.TypeMem:
 			off, data, _ := rec.DataRecord()
+			memH.write(off, data)
 			_, err = mf.WriteAt(data, int64(off))
 		case format.TypeMemZero:
 			// mem.ram starts zero and each range is written at most once.
 		case format.TypeDisk:
 			off, data, _ := rec.DataRecord()
+			diskH.write(off, data)
 			_, err = df.WriteAt(data, int64(off))
 		case format.TypeFile:
 			err = writeBootFile(tmp, vm, rec)
 		case format.TypeDiskZero:
-			off, n, _ := rec.ZeroRecord()
-			for n > 0 && err == nil {
-				c := min(n, uint64(len(zero)))
-				_, err = df.WriteAt(zero[:c], int64(off))
-				off, n = off+c, n-c
+			// A whole disk starts as a hole of its size, and each range
+			// is written at most once: nothing to do. Over an image,
+			// the range becomes a hole; zero bytes are never written.
+			if !whole {
+				off, n, _ := rec.ZeroRecord()
+				err = punchHole(df, off, n)
 			}
 		default:
 			err = fmt.Errorf("unexpected %s record in a full stream", rec.Type)
@@ -172,6 +186,23 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		if err != nil {
 			return nil, err
 		}
+	}
+	meta := &Meta{Name: opt.Name, VM: vm, Windows: opt.Windows, Producer: "cloudlet-base create"}
+	sums := [3][]byte{diskH.sum(), memH.sum(), devH.Sum(nil)}
+	if !whole {
+		sums[0] = nil // the image's bytes are under the records
+	}
+	for i, f := range []string{DiskFile, MemFile} {
+		if sums[i] == nil { // written out of order: hash the file
+			if sums[i], err = fileSHA(filepath.Join(tmp, f)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	meta.DiskSHA, meta.MemSHA, meta.DevSHA = hex.EncodeToString(sums[0]), hex.EncodeToString(sums[1]), hex.EncodeToString(sums[2])
+	meta.ID = ComputeID(sums[0], sums[1], sums[2])
+	if opt.ExpectID != "" && meta.ID != opt.ExpectID {
+		return nil, fmt.Errorf("the rebuilt base has ID %s, but the stream says %s: it is corrupt or was altered; nothing was kept", meta.ID, opt.ExpectID)
 	}
 	for _, f := range []*os.File{mf, df, dev} {
 		if err := f.Sync(); err != nil {
@@ -196,18 +227,6 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		if err := CopyFile(src, dst); err != nil {
 			return nil, err
 		}
-	}
-	meta := &Meta{Name: opt.Name, VM: vm, Windows: opt.Windows, Producer: "cloudlet-base create"}
-	var sums [3][]byte
-	for i, f := range []string{DiskFile, MemFile, DevStateFile} {
-		if sums[i], err = fileSHA(filepath.Join(tmp, f)); err != nil {
-			return nil, err
-		}
-	}
-	meta.DiskSHA, meta.MemSHA, meta.DevSHA = hex.EncodeToString(sums[0]), hex.EncodeToString(sums[1]), hex.EncodeToString(sums[2])
-	meta.ID = ComputeID(sums[0], sums[1], sums[2])
-	if opt.ExpectID != "" && meta.ID != opt.ExpectID {
-		return nil, fmt.Errorf("the rebuilt base has ID %s, but the stream says %s: it is corrupt or was altered; nothing was kept", meta.ID, opt.ExpectID)
 	}
 	meta.VM.DiskBase, meta.VM.DiskFormat = meta.DiskSHA, "raw"
 	if err := WriteMeta(tmp, meta); err != nil {

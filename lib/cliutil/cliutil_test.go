@@ -110,3 +110,19 @@ func TestOptionalValue(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"0": 0, "4096": 4096, "512M": 512 << 20, "8G": 8 << 30, "8GiB": 8 << 30, "2gb": 2 << 30, "1T": 1 << 40, " 16k ": 16 << 10} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+		if got, _ := ParseSize(FormatSize(want)); got != want {
+			t.Errorf("FormatSize(%d) = %q does not read back", want, FormatSize(want))
+		}
+	}
+	for _, bad := range []string{"", "G", "-1", "1.5G", "8X", "99999999999999999999", "17179869184T"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+}

@@ -259,7 +259,7 @@ func packAs(ctx context.Context, r *format.Reader, h *format.Header, kind string
 		if e {
 			limit = o.EarlySegmentSize
 		}
-		if bw != nil && (e != early || int(bw.Bytes())+size > limit) {
+		if bw != nil && (e != early || int(bw.Bytes())+size > limit || bw.Frames() >= format.MaxSegmentRecords) {
 			if err := flush(); err != nil {
 				return err
 			}

@@ -90,6 +90,13 @@ type Verifier struct {
 
 	held    []byte // bytes read but not yet passed on (while deciding)
 	decided bool
+	// holding: with Require, the bytes from the MANIFEST's tail on are
+	// held until the HEAD_SIGNATURE verified, so the Reader above never
+	// sees a complete MANIFEST (nor expands its ranges) from an unsigned
+	// head. holdAt is where in the buffer scan last saw holding start
+	// (-1: not in it).
+	holding bool
+	holdAt  int
 
 	// frame scanner
 	off     int64 // stream offset of the next byte scanned
@@ -163,10 +170,11 @@ func (v *Verifier) fail(msg string, policy bool) error {
 }
 
 func (v *Verifier) Read(p []byte) (int, error) {
-	for !v.decided && v.err == nil {
+	for (!v.decided || v.holding) && v.err == nil {
 		// Hold bytes until the frame after the HEADER decided whether the
-		// overlay is signed by a trusted key.
-		if len(v.held) > format.MaxMetaPayload+4096 {
+		// overlay is signed by a trusted key, and (holding) until a
+		// required head signature verified.
+		if !v.holding && len(v.held) > format.MaxMetaPayload+4096 {
 			v.decided = true // a HEADER this large is refused by the reader anyway
 			break
 		}
@@ -193,6 +201,15 @@ func (v *Verifier) Read(p []byte) (int, error) {
 	}
 	n, err := v.r.Read(p)
 	k := v.scan(p[:n])
+	if v.holding && v.holdAt >= 0 && v.err == nil {
+		// The MANIFEST's tail began in p: keep it (and what follows)
+		// back until the HEAD_SIGNATURE verified.
+		v.held = append(v.held, p[v.holdAt:k]...)
+		if err != nil {
+			v.err = err
+		}
+		return v.holdAt, nil
+	}
 	if k < n {
 		return k, nil // the next Read returns v.err
 	}
@@ -206,6 +223,7 @@ func (v *Verifier) Read(p []byte) (int, error) {
 // of them unless the overlay was refused).
 func (v *Verifier) scan(b []byte) int {
 	done := 0
+	v.holdAt = -1
 	for done < len(b) && v.err == nil {
 		if v.part == 4 { // after END: the reader reports trailing data
 			v.sha.Write(b[done:])
@@ -250,6 +268,9 @@ func (v *Verifier) scan(b []byte) int {
 		v.sha.Write(b[done : done+n])
 		v.off += int64(n)
 		done += n
+		if v.holding && v.holdAt < 0 {
+			v.holdAt = done
+		}
 	}
 	return done
 }
@@ -263,6 +284,10 @@ func (v *Verifier) frameHead() bool {
 	at := fmt.Sprintf("frame %d at offset %d", v.frame, v.start)
 	if v.prevSig && v.typ != format.TypeEnd {
 		v.fail(fmt.Sprintf("the SIGNATURE is followed by a %s record (%s), not by END: records were added or the signature was moved", v.typ, at), false)
+		return false
+	}
+	if v.holding && v.typ != format.TypeHeadSignature {
+		v.fail(fmt.Sprintf("signatures are required (--require-signature) and the overlay's MANIFEST is not signed: a %s record (%s) follows it, not a HEAD_SIGNATURE; its head is refused before its ranges are read. Pack it again with overlay-pack --sign", v.typ, at), true)
 		return false
 	}
 	if v.frame == 2 {
@@ -324,6 +349,10 @@ func (v *Verifier) payload() bool {
 	v.prevSig, v.prevTyp = false, v.typ
 	at := fmt.Sprintf("frame %d at offset %d", v.frame, v.start)
 	switch v.typ {
+	case format.TypeManifest:
+		// A signed overlay's MANIFEST (third frame): with Require, held
+		// until its HEAD_SIGNATURE verified (SPEC.md section 6.1).
+		v.holding = v.o.Require && v.signer != nil && v.frame == 3
 	case format.TypeSigner:
 		id, err := sign.ParseSigner(v.keep)
 		if err != nil {
@@ -360,7 +389,7 @@ func (v *Verifier) payload() bool {
 			return false
 		}
 		if v.typ == format.TypeHeadSignature {
-			v.headVerified = true
+			v.headVerified, v.holding = true, false
 		} else {
 			v.verified, v.prevSig = true, true
 		}
