@@ -69,6 +69,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/overlay/
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/delta/
 	$(GO) test -run XXX -fuzz '^FuzzXZ$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/codec/
+	$(GO) test -run XXX -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./cmd/cloudlet-base/
 
 clean:
 	rm -rf $(BIN)

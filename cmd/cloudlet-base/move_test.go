@@ -16,7 +16,7 @@ import (
 
 // makeBase builds a small base folder from a synthetic full stream: a
 // 2 MiB disk image with data and a hole, 1 MiB of memory, a kernel.
-func makeBase(t *testing.T, dir string) string {
+func makeBase(t testing.TB, dir string) string {
 	t.Helper()
 	kit := filepath.Join(dir, "kit")
 	os.MkdirAll(kit, 0o755)
@@ -37,7 +37,7 @@ func makeBase(t *testing.T, dir string) string {
 // fullStream writes dir/image.raw (2 MiB, data and a hole) and returns a
 // full stream of a VM with 1 MiB of memory on it, booted as boot says
 // (its Kernel, Initrd, Append), and the image's path.
-func fullStream(t *testing.T, dir string, boot format.VMDesc) (*bytes.Buffer, string) {
+func fullStream(t testing.TB, dir string, boot format.VMDesc) (*bytes.Buffer, string) {
 	t.Helper()
 	r := rand.New(rand.NewSource(7))
 	img := filepath.Join(dir, "image.raw")
@@ -70,7 +70,7 @@ func fullStream(t *testing.T, dir string, boot format.VMDesc) (*bytes.Buffer, st
 	return &s, img
 }
 
-func runTool(t *testing.T, stdin *bytes.Buffer, args ...string) (string, string, error) {
+func runTool(t testing.TB, stdin *bytes.Buffer, args ...string) (string, string, error) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	if stdin == nil {
