@@ -57,6 +57,8 @@ bench: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/early-start.sh
 	# synthesis into a libvirt domain against the plain path (issue 17)
 	PATH=$(BIN):$$PATH bash scripts/libvirt-bench.sh
+	# crafted inputs at full size (issue 32): CPU seconds, peak disk and output per MB of input against a real overlay's
+	set -o pipefail; $(GO) test -count=1 -run XXX -bench Hostile -benchtime 1x -timeout 30m ./test/hostile/ | tee bench/hostile.txt
 	# the load test: 8 clients synthesize one overlay through the listener at once
 	PATH=$(BIN):$$PATH CLOUDLET_LOAD_CLIENTS=8 $(GO) test -count=1 -v -run 'TestSynthesisEndToEnd/tcp-many-at-once' ./test/e2e/
 
