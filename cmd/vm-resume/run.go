@@ -16,6 +16,7 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/cliutil"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/jail"
 	"cloudlet/lib/progress"
 	"cloudlet/lib/resume"
 	"cloudlet/lib/virt"
@@ -72,6 +73,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	args = cliutil.ProgressArgs(cliutil.OptionalValue(args, "libvirt", virt.DefaultURI))
 	var fwds cli.StringSlice
 	var wait bool
+	var netPolicy string
+	if exe, err := os.Executable(); err == nil {
+		jail.ProxyCommand = []string{exe, jail.ProxyArg}
+	}
 	var kits cli.StringSlice
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "instance name", Value: "cloudlet", Destination: &o.Name},
@@ -84,9 +89,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		&cli.IntFlag{Name: "reserve-mib", Usage: "refuse to start another instance unless this much host memory (MiB) stays available after its overhead (0: no check)", Value: 256, EnvVars: []string{"CLOUDLET_RESERVE_MIB"}, Destination: &o.Admission.ReserveMiB},
 		cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits}),
 		&cli.StringFlag{Name: "libvirt", Usage: "run the VM as a transient libvirt domain named after the run folder, at this libvirt URI (--libvirt alone: " + virt.DefaultURI + "); virsh list, console, destroy work on it", Destination: &o.Libvirt},
+		&cli.StringFlag{Name: "net", Usage: "what the guest's network may reach: isolated (nothing: not the host, its loopback, other instances or the outside; forwards still carry connections in), outbound (the outside through NAT, never the host or other instances; root, TCP forwards, not under libvirt) or host (everything the host reaches, its loopback too: for your own VMs only)", Value: string(jail.Isolated), EnvVars: []string{"CLOUDLET_NET"}, Destination: &netPolicy},
 	}
 	prepare := func(c *cli.Context) error {
 		o.Log = stderr
+		var err error
+		if o.Net, err = jail.ParsePolicy(netPolicy); err != nil {
+			return cliutil.Usagef("--net: %v", err)
+		}
 		if c.Args().Present() {
 			o.ExtraArgs = c.Args().Slice()
 			if strings.HasPrefix(o.ExtraArgs[0], "-") && !wasAfterDashDash(args) {
@@ -227,6 +237,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 					return err
 				}
 				return finish(info)
+			},
+		},
+		{
+			Name: jail.ProxyArg, Hidden: true, Usage: "the forward proxy of an instance under the outbound network policy (started by vm-resume itself)",
+			Flags: []cli.Flag{&cli.StringFlag{Name: "run", Required: true}, &cli.IntFlag{Name: "qemu-pid", Required: true}},
+			Action: func(c *cli.Context) error {
+				return jail.ServeProxy(ctx, c.String("run"), c.Int("qemu-pid"), c.Args().Slice())
 			},
 		},
 		{

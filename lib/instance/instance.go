@@ -44,6 +44,9 @@ type Summary struct {
 	// the VM runs as (vm-resume --libvirt).
 	Libvirt string `json:"libvirt_uri,omitempty"`
 	Domain  string `json:"libvirt_domain,omitempty"`
+	// Net is the network policy the guest runs under: isolated, outbound
+	// or host (lib/jail).
+	Net string `json:"net,omitempty"`
 	// Timings in seconds, for the curious and for benchmarks.
 	Timings map[string]float64 `json:"timings,omitempty"`
 }

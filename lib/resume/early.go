@@ -146,7 +146,7 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 		fmt.Fprintf(so.Log, "vm-resume: %v; a page fault will wait for the 2 MiB around it\n", err)
 	}
 	fed := make(chan feedResult, 1)
-	go func() { fed <- p.feed(ctx, vm.Start, cfg, h.VM.IgnoreShared) }()
+	go func() { fed <- p.feed(ctx, so.start, cfg, h.VM.IgnoreShared) }()
 	read := make(chan error, 1)
 	go func() {
 		err := p.read(ctx, r)
@@ -211,6 +211,7 @@ func FromStreamEarly(ctx context.Context, r *format.Reader, so StreamOptions, ru
 	info.VM.IgnoreShared = false // a private mapping is captured through migration
 	info.VM.Forwards = toFormatForwards(in.Config.Forwards)
 	info.Server, info.Mount = os.Getpid(), mount
+	so.describe(info)
 	info.Timings = map[string]float64{
 		"qemu_ready": res.ready.Sub(s.start).Seconds(),
 		"running":    time.Since(s.start).Seconds(),

@@ -16,6 +16,7 @@ import (
 	"cloudlet/lib/base"
 	"cloudlet/lib/disk"
 	"cloudlet/lib/instance"
+	"cloudlet/lib/jail"
 	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/qmpctl"
 	"cloudlet/lib/virt"
@@ -35,7 +36,10 @@ type Options struct {
 	// Libvirt, when set, is the libvirt URI (qemu:///system) the VM runs
 	// under: a transient domain named after the instance (lib/virt).
 	Libvirt string
-	Log     io.Writer
+	// Net is what the guest's network may reach (lib/jail); "" is
+	// jail.Isolated.
+	Net jail.Policy
+	Log io.Writer
 }
 
 var reVersion = regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`)
@@ -89,16 +93,43 @@ func newRunDir(opt *Options) (string, error) {
 	return dir, nil
 }
 
-// start starts the VM's QEMU: a process of ours, or a libvirt domain.
+// start starts the VM's QEMU, a process of ours or a libvirt domain,
+// inside its network policy (lib/jail). The instance's forwards are then
+// the ones users reach.
 func (o *Options) start(ctx context.Context, cfg vm.Config) (*vm.Instance, error) {
-	if o.Libvirt == "" {
-		return vm.Start(ctx, cfg)
+	if o.Net == jail.Outbound && o.Libvirt != "" {
+		return nil, fmt.Errorf("the outbound network policy is not available under libvirt (libvirtd starts QEMU in the host's network namespace): use --net isolated or host with --libvirt")
 	}
-	return virt.Start(ctx, o.Libvirt, cfg)
+	n, err := jail.Prepare(cfg.RunDir, o.Net, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	var in *vm.Instance
+	if o.Libvirt == "" {
+		in, err = vm.Start(ctx, cfg)
+	} else {
+		in, err = virt.Start(ctx, o.Libvirt, cfg)
+	}
+	if err == nil {
+		if err = n.Started(in.Pid); err != nil {
+			in.Kill()
+			in.Wait()
+		}
+	}
+	if err != nil {
+		n.Teardown()
+		return nil, err
+	}
+	in.Config.Forwards = n.Forwards(in.Config.Forwards)
+	return in, nil
 }
 
 // describe records in info how the VM runs.
 func (o *Options) describe(info *instance.Info) {
+	info.Net = string(o.Net)
+	if o.Net == "" {
+		info.Net = string(jail.Isolated)
+	}
 	if o.Libvirt != "" {
 		info.Libvirt, info.Domain = o.Libvirt, virt.DomainName(info.RunDir)
 	}
@@ -124,6 +155,7 @@ func (c *cleanup) run() {
 		c.srv.Unmount()
 	}
 	if c.dir != "" {
+		jail.Teardown(c.dir)
 		os.RemoveAll(c.dir)
 	}
 }
@@ -172,6 +204,7 @@ func Stop(ctx context.Context, runDir string) error {
 			return err
 		}
 	}
+	jail.Teardown(runDir)
 	return os.RemoveAll(runDir)
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"cloudlet/lib/instance"
+	"cloudlet/lib/jail"
 	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/vm"
 )
@@ -65,6 +66,7 @@ func removeStale(dir string) error {
 	if err := lazyfs.Cleanup(filepath.Join(dir, LazyDir)); err != nil {
 		return err
 	}
+	jail.Teardown(dir)
 	return os.RemoveAll(dir)
 }
 

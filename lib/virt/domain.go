@@ -105,7 +105,17 @@ func DomainXML(cfg vm.Config, opt DomainOptions) (string, error) {
 	if c.VNC {
 		dev.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{Socket: c.VNCPath()}}}
 	}
+	var args []string
 	for _, vd := range c.Devices {
+		if vd.Driver == format.DriverVirtioNet && c.NetRestrict {
+			// libvirt's user-mode <interface> cannot be restricted: the
+			// network and NIC are QEMU's own options (forwards are
+			// added at run time, as for libvirt's).
+			nc := c
+			nc.Forwards, nc.Net = nil, true
+			args = append(args, nc.NICArgs(vd)...)
+			continue
+		}
 		if err := addDevice(d, c, vd); err != nil {
 			return "", err
 		}
@@ -121,7 +131,6 @@ func DomainXML(cfg vm.Config, opt DomainOptions) (string, error) {
 			d.SecLabel = append(d.SecLabel, libvirtxml.DomainSecLabel{Type: "none", Model: m})
 		}
 	}
-	var args []string
 	if !c.MemPlain {
 		share := "off"
 		if c.MemShare {

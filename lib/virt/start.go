@@ -146,7 +146,11 @@ func addForwards(ctx context.Context, in *vm.Instance) error {
 	if err != nil {
 		return err
 	}
-	if err := hostfwdAdd(qctx, c, in.Config.Forwards); err != nil {
+	netdev := NetDevID
+	if in.Config.NetRestrict {
+		netdev = vm.NetDevID // our own -netdev (DomainXML)
+	}
+	if err := hostfwdAdd(qctx, c, netdev, in.Config.Forwards); err != nil {
 		c.Close()
 		return err
 	}
@@ -154,10 +158,10 @@ func addForwards(ctx context.Context, in *vm.Instance) error {
 	return in.FillFreePorts(qctx)
 }
 
-func hostfwdAdd(ctx context.Context, c *qmpctl.Client, fwds []vm.Forward) error {
+func hostfwdAdd(ctx context.Context, c *qmpctl.Client, netdev string, fwds []vm.Forward) error {
 	for _, f := range fwds {
 		rule := fmt.Sprintf("%s:%s:%d-:%d", f.Proto, f.HostAddr, f.HostPort, f.GuestPort)
-		out, err := c.HumanMonitorCommand(ctx, "hostfwd_add "+NetDevID+" "+rule)
+		out, err := c.HumanMonitorCommand(ctx, "hostfwd_add "+netdev+" "+rule)
 		if err == nil && out != "" {
 			err = fmt.Errorf("%s", out)
 		}

@@ -110,6 +110,12 @@ type Config struct {
 	Forwards []Forward // user-mode net hostfwd; a NIC is added if Net or Forwards
 	Net      bool      // add a user-mode virtio-net NIC even without forwards
 	MAC      string    // NIC MAC; default DefaultMAC
+	// NetRestrict isolates the guest (user-mode net restrict=on): it
+	// reaches neither the host nor the outside; forwards still work.
+	NetRestrict bool
+	// NetNS is a network namespace (a /run/netns path) QEMU runs in, so
+	// its user-mode network opens connections from there (lib/jail).
+	NetNS string
 
 	Incoming bool // -incoming defer
 	VNC      bool // VNC display on RunDir/vnc.sock instead of headless
@@ -479,11 +485,7 @@ func (c Config) Args() ([]string, error) {
 		a = append(a, "-blockdev", "driver=qcow2,node-name="+DiskNodeID+",discard=unmap,file.driver=file,file.filename="+c.Disk)
 	}
 	if c.Net || len(c.Forwards) > 0 {
-		nd := "user,id=" + NetDevID
-		for _, f := range c.Forwards {
-			nd += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Proto, f.HostAddr, f.HostPort, f.GuestPort)
-		}
-		a = append(a, "-netdev", nd)
+		a = append(a, c.netdevArgs()...)
 	}
 	for _, d := range c.Devices {
 		a = append(a, c.deviceArgs(d)...)
@@ -493,6 +495,25 @@ func (c Config) Args() ([]string, error) {
 	}
 	a = append(a, c.ExtraArgs...)
 	return a, nil
+}
+
+// netdevArgs returns the user-mode network's -netdev, with its forwards.
+func (c Config) netdevArgs() []string {
+	nd := "user,id=" + NetDevID
+	if c.NetRestrict {
+		nd += ",restrict=on"
+	}
+	for _, f := range c.Forwards {
+		nd += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Proto, f.HostAddr, f.HostPort, f.GuestPort)
+	}
+	return []string{"-netdev", nd}
+}
+
+// NICArgs returns the QEMU options of the user-mode network and its NIC
+// d, forwards included: for a libvirt domain whose network libvirt's own
+// elements cannot restrict (lib/virt).
+func (c Config) NICArgs(d Device) []string {
+	return append(c.netdevArgs(), c.deviceArgs(d)...)
 }
 
 // deviceArgs returns the options that create d: its -device (PCI devices

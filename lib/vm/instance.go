@@ -64,9 +64,14 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 		return nil, fmt.Errorf("vm: %w", err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "# %s %s\n", c.Binary, strings.Join(args, " "))
+	bin := c.Binary
+	if c.NetNS != "" { // nsenter execs QEMU in the namespace: same pid
+		args = append([]string{"--net=" + c.NetNS, "--", bin}, args...)
+		bin = "nsenter"
+	}
+	fmt.Fprintf(logf, "# %s %s\n", bin, strings.Join(args, " "))
 	// Not CommandContext: the instance must outlive ctx (and the tool).
-	cmd := exec.Command(c.Binary, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = c.RunDir
 	cmd.Stdin = nil
 	cmd.Stdout = logf

@@ -1,0 +1,296 @@
+package jail
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"cloudlet/lib/vm"
+)
+
+// Policy is what a guest's network may reach.
+type Policy string
+
+// The policies (package comment).
+const (
+	Isolated Policy = "isolated"
+	Outbound Policy = "outbound"
+	Host     Policy = "host"
+)
+
+// Policies lists the policies, for help texts.
+const Policies = "isolated, outbound or host"
+
+// ParsePolicy reads a policy name; "" is Isolated.
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case "":
+		return Isolated, nil
+	case Isolated, Outbound, Host:
+		return p, nil
+	}
+	return "", fmt.Errorf("network policy %q: want %s", s, Policies)
+}
+
+// StateFile is the network state of an instance in its run folder.
+const StateFile = "net.json"
+
+// Net is one instance's network as set up (StateFile).
+type Net struct {
+	Policy  Policy `json:"policy"`
+	NS      string `json:"netns,omitempty"`    // namespace name (outbound)
+	HostIP  string `json:"host_ip,omitempty"`  // the host side of the veth
+	GuestIP string `json:"guest_ip,omitempty"` // the namespace side, where QEMU's forwards listen
+	Proxy   int    `json:"proxy_pid,omitempty"`
+
+	dir       string
+	listeners []*os.File // outbound: the host-side forward sockets, for the proxy
+	outer     []vm.Forward
+}
+
+const (
+	subnet     = "10.213.0.0/16" // outbound namespaces: one /30 each
+	maxNS      = 1 << 14
+	hostPrefix = "clh" // host-side veth names (nftables matches the prefix)
+	nsPrefix   = "cloudlet-"
+	lockFile   = "/run/cloudlet-net.lock"
+	netnsDir   = "/run/netns"
+)
+
+// Prepare sets up policy p for the instance whose run folder is dir and
+// changes cfg (a vm.Config about to start) to match: restrict=on for
+// isolated; for outbound a namespace, its veth and the host's rules, the
+// forwards moved into the namespace and their host side bound now, so
+// free ports are known before QEMU starts. Call Started once QEMU runs,
+// or Teardown if it does not.
+func Prepare(dir string, p Policy, cfg *vm.Config) (*Net, error) {
+	n := &Net{Policy: p, dir: dir}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	switch p {
+	case Host:
+	case Isolated, "":
+		n.Policy, cfg.NetRestrict = Isolated, true
+	case Outbound:
+		if err := n.outbound(cfg); err != nil {
+			n.Teardown()
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("network policy %q: want %s", p, Policies)
+	}
+	return n, n.save()
+}
+
+func (n *Net) save() error {
+	b, _ := json.Marshal(n)
+	return os.WriteFile(filepath.Join(n.dir, StateFile), b, 0o600)
+}
+
+// Forwards returns the forwards as users reach them: cfg's own for
+// isolated and host, the proxy's host side for outbound (ports filled in).
+func (n *Net) Forwards(inner []vm.Forward) []vm.Forward {
+	if n.Policy != Outbound {
+		return inner
+	}
+	return n.outer
+}
+
+// outbound makes the namespace and moves cfg's forwards into it.
+func (n *Net) outbound(cfg *vm.Config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the outbound network policy needs root (it makes a network namespace); use --net isolated or host")
+	}
+	for _, f := range cfg.Forwards {
+		if f.Proto == "udp" {
+			return fmt.Errorf("forward udp:%d: the outbound network policy carries TCP forwards only; use --net isolated or host for UDP", f.GuestPort)
+		}
+	}
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return err
+	}
+	idx := -1
+	for i := range maxNS {
+		if _, err := os.Stat(filepath.Join(netnsDir, nsPrefix+strconv.Itoa(i))); errors.Is(err, os.ErrNotExist) {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return fmt.Errorf("no free network namespace: %d instances run with the outbound policy", maxNS)
+	}
+	ns, hv, gv := nsPrefix+strconv.Itoa(idx), hostPrefix+strconv.Itoa(idx), "clg"+strconv.Itoa(idx)
+	base := 10<<24 | 213<<16 | uint32(idx)*4
+	ip := func(k uint32) string {
+		v := base + k
+		return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)).String()
+	}
+	n.NS, n.HostIP, n.GuestIP = ns, ip(1), ip(2)
+	if err := n.save(); err != nil { // Teardown finds the namespace from here on
+		return err
+	}
+	steps := [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "link", "add", hv, "type", "veth", "peer", "name", gv, "netns", ns},
+		{"ip", "addr", "add", n.HostIP + "/30", "dev", hv},
+		{"ip", "link", "set", hv, "up"},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "addr", "add", n.GuestIP + "/30", "dev", gv},
+		{"ip", "-n", ns, "link", "set", gv, "up"},
+		{"ip", "-n", ns, "route", "add", "default", "via", n.HostIP},
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			return err
+		}
+	}
+	if err := hostRules(); err != nil {
+		return err
+	}
+	// QEMU's forwards listen inside, at the namespace's address and the
+	// guest's port; the proxy listens outside, where the user asked.
+	inner := make([]vm.Forward, len(cfg.Forwards))
+	for i, f := range cfg.Forwards {
+		addr := f.HostAddr
+		if addr == "" {
+			addr = "127.0.0.1"
+		}
+		l, err := net.Listen("tcp4", net.JoinHostPort(addr, strconv.Itoa(f.HostPort)))
+		if err != nil {
+			return fmt.Errorf("forward %s:%d -> guest %d: %w", addr, f.HostPort, f.GuestPort, err)
+		}
+		file, err := l.(*net.TCPListener).File()
+		l.Close()
+		if err != nil {
+			return err
+		}
+		n.listeners = append(n.listeners, file)
+		f.HostAddr, f.HostPort = addr, file2port(file)
+		n.outer = append(n.outer, f)
+		inner[i] = vm.Forward{Proto: "tcp", HostAddr: n.GuestIP, HostPort: f.GuestPort, GuestPort: f.GuestPort}
+	}
+	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, ns)
+	return nil
+}
+
+// file2port returns the port a listening socket file is bound to.
+func file2port(f *os.File) int {
+	sa, err := syscall.Getsockname(int(f.Fd()))
+	if in, ok := sa.(*syscall.SockaddrInet4); ok && err == nil {
+		return in.Port
+	}
+	return 0
+}
+
+// hostRules makes sure the host forwards and masquerades the namespaces'
+// traffic to the outside and drops what they send to the host or to each
+// other (one nftables table for all of them).
+func hostRules() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enabling IPv4 forwarding for the outbound policy: %w", err)
+	}
+	if exec.Command("nft", "list", "table", "inet", "cloudlet").Run() == nil {
+		return nil
+	}
+	rules := `table inet cloudlet {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		iifname "` + hostPrefix + `*" ct state established,related accept
+		iifname "` + hostPrefix + `*" drop
+	}
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		iifname "` + hostPrefix + `*" oifname "` + hostPrefix + `*" drop
+		oifname "` + hostPrefix + `*" ct state established,related accept
+		oifname "` + hostPrefix + `*" drop
+	}
+	chain postrouting {
+		type nat hook postrouting priority 100; policy accept;
+		ip saddr ` + subnet + ` oifname != "` + hostPrefix + `*" masquerade
+	}
+}
+`
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: the outbound policy's rules: %v: %s (install the nftables package)", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func run(args ...string) error {
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Teardown undoes what Prepare set up (the proxy, the namespace and its
+// veth). It is idempotent.
+func (n *Net) Teardown() {
+	for _, f := range n.listeners {
+		f.Close()
+	}
+	n.listeners = nil
+	if n.Proxy > 0 && isProxy(n.Proxy) {
+		syscall.Kill(n.Proxy, syscall.SIGTERM)
+		for i := 0; i < 100 && isProxy(n.Proxy); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if n.NS != "" {
+		// Deleting the namespace deletes both ends of its veth.
+		exec.Command("ip", "netns", "del", n.NS).Run()
+	}
+}
+
+// Teardown undoes the network set up for the instance in run folder dir,
+// from its StateFile; nothing to do without one.
+func Teardown(dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		return
+	}
+	var n Net
+	if json.Unmarshal(b, &n) == nil {
+		n.dir = dir
+		n.Teardown()
+	}
+}
+
+// Read returns the network state of the instance in dir.
+func Read(dir string) (*Net, error) {
+	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		return nil, err
+	}
+	n := &Net{dir: dir}
+	return n, json.Unmarshal(b, n)
+}
+
+// isProxy reports whether pid is a live proxy of ours.
+func isProxy(pid int) bool {
+	if !vm.Alive(pid) {
+		return false
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return bytes.Contains(b, []byte(ProxyArg))
+}
