@@ -9,7 +9,7 @@ export CLOUDLET_GUEST_DIR
 TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
 	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl \
-	gcc libc6-dev liblzma-dev fuse3
+	gcc libc6-dev liblzma-dev fuse3 nftables iproute2
 # The tools link liblzma through cgo (lib/codec: the xz tool's encoder and
 # decoder). `make build CGO_ENABLED=0` builds the pure-Go xz path instead.
 CGO_ENABLED ?= 1
