@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -361,4 +362,37 @@ func Images(t testing.TB) RegularImages {
 		}
 	}
 	return im
+}
+
+// BuildTools builds the repository's commands (./cmd/NAME for each of
+// tools; all of ./cmd/... when none are named) into a new temporary
+// folder whose name starts with prefix, for tests that run the real
+// tools. The caller removes the folder.
+func BuildTools(prefix string, tools ...string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	args := []string{"build", "-o", dir + string(os.PathSeparator)}
+	if len(tools) == 0 {
+		args = append(args, "./cmd/...")
+	}
+	for _, t := range tools {
+		args = append(args, "./cmd/"+t)
+	}
+	b := exec.Command(goTool, args...)
+	b.Dir = root
+	if out, err := b.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("building the tools: %v\n%s", err, out)
+	}
+	return dir, nil
 }

@@ -24,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,23 +51,12 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	repoRoot = root
-	tmp, err := os.MkdirTemp("", "cle2e-bin-")
+	binDir, err = guesttest.BuildTools("cle2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
-	binDir = filepath.Join(tmp, "bin")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	build := exec.Command(goTool, "build", "-o", binDir+"/", "./cmd/...")
-	build.Dir = repoRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/...: %v\n%s", err, out)
-		return 1
-	}
+	defer os.RemoveAll(binDir)
 	code := m.Run()
 	if pids := leftovers(workPrefix); len(pids) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: processes left over after the tests: %v (killing them)\n", pids)

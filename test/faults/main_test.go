@@ -47,27 +47,12 @@ var tools = []string{"vm-resume", "vm-capture", "vm-console", "mem-diff", "disk-
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := func() int {
-		root, err := guesttest.RepoRoot()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		d, err := os.MkdirTemp("", "clfault-bin-")
+		d, err := guesttest.BuildTools("clfault-bin-", tools...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer os.RemoveAll(d)
-		args := []string{"build", "-o", d + "/"}
-		for _, t := range tools {
-			args = append(args, "./cmd/"+t)
-		}
-		b := exec.Command("go", args...)
-		b.Dir = root
-		if out, err := b.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building the tools: %v\n%s", err, out)
-			return 1
-		}
 		binDir = d
 		code := m.Run()
 		if fx != nil {

@@ -29,27 +29,12 @@ var tools = []string{"overlay-apply", "overlay-pack", "cloudlet-base"}
 
 func TestMain(m *testing.M) {
 	code := func() int {
-		root, err := guesttest.RepoRoot()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		d, err := os.MkdirTemp("", "clhostile-bin-")
+		d, err := guesttest.BuildTools("clhostile-bin-", tools...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer os.RemoveAll(d)
-		args := []string{"build", "-o", d + "/"}
-		for _, t := range tools {
-			args = append(args, "./cmd/"+t)
-		}
-		b := exec.Command("go", args...)
-		b.Dir = root
-		if out, err := b.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building the tools: %v\n%s", err, out)
-			return 1
-		}
 		binDir = d
 		defer closeFixtures()
 		return m.Run()
