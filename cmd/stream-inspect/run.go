@@ -71,6 +71,7 @@ func inspect(in io.Reader, out io.Writer, perRecord bool) error {
 	enc := json.NewEncoder(out)
 	stats := map[string]*kindStat{}
 	var firstErr error
+	order := "" // the MANIFEST's, else the INDEX's
 	for {
 		off := r.Offset()
 		rec, err := r.Next()
@@ -88,6 +89,17 @@ func inspect(in io.Reader, out io.Writer, perRecord bool) error {
 		}
 		s.Records++
 		s.Bytes += uint64(len(rec.Payload))
+		switch rec.Type {
+		case format.TypeManifest:
+			if m, err := rec.ManifestRecord(h); err == nil {
+				order = m.Order
+			}
+		case format.TypeIndex:
+			var idx format.Index
+			if format.Unmarshal(rec.Payload, &idx) == nil && order == "" {
+				order = idx.Order
+			}
+		}
 		if perRecord {
 			if err := enc.Encode(describe(rec, off)); err != nil {
 				return err
@@ -106,6 +118,12 @@ func inspect(in io.Reader, out io.Writer, perRecord bool) error {
 	}
 	sort.Strings(names)
 	summary := map[string]any{"header": h, "records": stats, "intact": firstErr == nil}
+	if order != "" || format.Packed(h.Kind) {
+		if order == "" {
+			order = format.OrderOffset // (absent: offset, SPEC.md 2.6)
+		}
+		summary["order"] = order
+	}
 	if e := r.End(); e != nil {
 		summary["end"] = e
 	}
