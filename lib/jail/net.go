@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -47,9 +48,10 @@ const StateFile = "net.json"
 // Net is one instance's network as set up (StateFile).
 type Net struct {
 	Policy  Policy `json:"policy"`
-	NS      string `json:"netns,omitempty"`    // namespace name (outbound)
-	HostIP  string `json:"host_ip,omitempty"`  // the host side of the veth
-	GuestIP string `json:"guest_ip,omitempty"` // the namespace side, where QEMU's forwards listen
+	NS      string `json:"netns,omitempty"`     // namespace name (outbound)
+	HostIP  string `json:"host_ip,omitempty"`   // the host side of the veth
+	GuestIP string `json:"guest_ip,omitempty"`  // the namespace side, where QEMU's forwards listen
+	Ino     uint64 `json:"netns_ino,omitempty"` // the namespace's identity (its nsfs inode)
 	Proxy   int    `json:"proxy_pid,omitempty"`
 
 	dir       string
@@ -119,48 +121,27 @@ func (n *Net) outbound(cfg *vm.Config) error {
 	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
 		return err
 	}
-	lock, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := lockNet()
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return err
-	}
-	idx := -1
-	for i := range maxNS {
-		if _, err := os.Stat(filepath.Join(netnsDir, nsPrefix+strconv.Itoa(i))); errors.Is(err, os.ErrNotExist) {
-			idx = i
-			break
+	defer unlock()
+	// A random free index: a name just freed is not taken again at once
+	// (a namespace's veth goes away after its namespace, asynchronously).
+	var errs []error
+	first := rand.IntN(maxNS)
+	for k := 0; k < maxNS && n.NS == "" && len(errs) < 4; k++ {
+		idx := (first + k) % maxNS
+		if _, err := os.Stat(filepath.Join(netnsDir, nsPrefix+strconv.Itoa(idx))); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := n.makeNS(idx); err != nil {
+			n.removeNS()
+			errs = append(errs, err)
 		}
 	}
-	if idx < 0 {
-		return fmt.Errorf("no free network namespace: %d instances run with the outbound policy", maxNS)
-	}
-	ns, hv, gv := nsPrefix+strconv.Itoa(idx), hostPrefix+strconv.Itoa(idx), "clg"+strconv.Itoa(idx)
-	base := 10<<24 | 213<<16 | uint32(idx)*4
-	ip := func(k uint32) string {
-		v := base + k
-		return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)).String()
-	}
-	n.NS, n.HostIP, n.GuestIP = ns, ip(1), ip(2)
-	if err := n.save(); err != nil { // Teardown finds the namespace from here on
-		return err
-	}
-	steps := [][]string{
-		{"ip", "netns", "add", ns},
-		{"ip", "link", "add", hv, "type", "veth", "peer", "name", gv, "netns", ns},
-		{"ip", "addr", "add", n.HostIP + "/30", "dev", hv},
-		{"ip", "link", "set", hv, "up"},
-		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "-n", ns, "addr", "add", n.GuestIP + "/30", "dev", gv},
-		{"ip", "-n", ns, "link", "set", gv, "up"},
-		{"ip", "-n", ns, "route", "add", "default", "via", n.HostIP},
-	}
-	for _, s := range steps {
-		if err := run(s...); err != nil {
-			return err
-		}
+	if n.NS == "" {
+		return fmt.Errorf("making a network namespace for the outbound policy: %w", errors.Join(errs...))
 	}
 	if err := hostRules(); err != nil {
 		return err
@@ -187,8 +168,74 @@ func (n *Net) outbound(cfg *vm.Config) error {
 		n.outer = append(n.outer, f)
 		inner[i] = vm.Forward{Proto: "tcp", HostAddr: n.GuestIP, HostPort: f.GuestPort, GuestPort: f.GuestPort}
 	}
-	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, ns)
+	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, n.NS)
 	return nil
+}
+
+// makeNS makes namespace idx, its veth pair and addresses, and records it
+// (with the namespace's identity, so that a late Teardown never removes
+// another instance's namespace of the same name). The caller holds the
+// lock.
+func (n *Net) makeNS(idx int) error {
+	ns, hv, gv := nsPrefix+strconv.Itoa(idx), hostPrefix+strconv.Itoa(idx), "clg"+strconv.Itoa(idx)
+	base := 10<<24 | 213<<16 | uint32(idx)*4
+	ip := func(k uint32) string {
+		v := base + k
+		return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)).String()
+	}
+	if err := run("ip", "netns", "add", ns); err != nil {
+		return err
+	}
+	n.NS, n.HostIP, n.GuestIP, n.Ino = ns, ip(1), ip(2), nsIno(ns)
+	if err := n.save(); err != nil { // Teardown finds the namespace from here on
+		return err
+	}
+	for _, s := range [][]string{
+		{"ip", "link", "add", hv, "type", "veth", "peer", "name", gv, "netns", ns},
+		{"ip", "addr", "add", n.HostIP + "/30", "dev", hv},
+		{"ip", "link", "set", hv, "up"},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "addr", "add", n.GuestIP + "/30", "dev", gv},
+		{"ip", "-n", ns, "link", "set", gv, "up"},
+		{"ip", "-n", ns, "route", "add", "default", "via", n.HostIP},
+	} {
+		if err := run(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nsIno identifies the namespace mounted at /run/netns/NAME (0: none).
+func nsIno(name string) uint64 {
+	var st syscall.Stat_t
+	if syscall.Stat(filepath.Join(netnsDir, name), &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// removeNS deletes the namespace recorded in n if it is still the one
+// makeNS made. The caller holds the lock.
+func (n *Net) removeNS() {
+	if n.NS != "" && n.Ino != 0 && nsIno(n.NS) == n.Ino {
+		// Deleting the namespace deletes both ends of its veth.
+		exec.Command("ip", "netns", "del", n.NS).Run()
+	}
+	n.NS, n.Ino = "", 0
+}
+
+// lockNet serializes making and removing namespaces on this host.
+func lockNet() (func(), error) {
+	lock, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return func() { lock.Close() }, nil
 }
 
 // file2port returns the port a listening socket file is bound to.
@@ -257,8 +304,10 @@ func (n *Net) Teardown() {
 		}
 	}
 	if n.NS != "" {
-		// Deleting the namespace deletes both ends of its veth.
-		exec.Command("ip", "netns", "del", n.NS).Run()
+		if unlock, err := lockNet(); err == nil {
+			n.removeNS()
+			unlock()
+		}
 	}
 }
 
