@@ -89,6 +89,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		&cli.IntFlag{Name: "reserve-mib", Usage: "refuse to start another instance unless this much host memory (MiB) stays available after its overhead (0: no check)", Value: 256, EnvVars: []string{"CLOUDLET_RESERVE_MIB"}, Destination: &o.Admission.ReserveMiB},
 		cliutil.Paths(&cli.StringSliceFlag{Name: "kit", Usage: "folder with vmlinuz, initrd.img and rootfs.img (the guest kit)", EnvVars: []string{"CLOUDLET_GUEST_DIR"}, Destination: &kits}),
 		&cli.StringFlag{Name: "libvirt", Usage: "run the VM as a transient libvirt domain named after the run folder, at this libvirt URI (--libvirt alone: " + virt.DefaultURI + "); virsh list, console, destroy work on it", Destination: &o.Libvirt},
+		&cli.StringFlag{Name: "mem-overhead", Usage: "cap the instance's memory (QEMU and its helpers, in a cgroup of its own) at guest RAM plus `SIZE`; 0: no cap (default 256M as root, no cap otherwise)", EnvVars: []string{"CLOUDLET_MEM_OVERHEAD"}},
+		&cli.IntFlag{Name: "cpu-shares", Usage: "the instance's CPU weight against the others (1024: one share; default 1024 as root); 0: none", EnvVars: []string{"CLOUDLET_CPU_SHARES"}},
+		&cli.Float64Flag{Name: "cpus", Usage: "cap the instance's CPU time at this many cores (0: no cap)", EnvVars: []string{"CLOUDLET_CPUS"}, Destination: &o.Limits.CPUs},
+		&cli.IntFlag{Name: "pids", Usage: "cap the instance's processes and threads (default 512 as root); 0: none", EnvVars: []string{"CLOUDLET_PIDS"}},
+		&cli.StringFlag{Name: "file-cap", Usage: "cap each file the instance writes in its run folder (the disk's top layer, the console log, the device-state spool) at `SIZE`: a write past it fails (the guest sees a disk error); 0: none", Value: "4G", EnvVars: []string{"CLOUDLET_FILE_CAP"}},
 		&cli.StringFlag{Name: "net", Usage: "what the guest's network may reach: isolated (nothing: not the host, its loopback, other instances or the outside; forwards still carry connections in), outbound (the outside through NAT, never the host or other instances; root, TCP forwards, not under libvirt) or host (everything the host reaches, its loopback too: for your own VMs only)", Value: string(jail.Isolated), EnvVars: []string{"CLOUDLET_NET"}, Destination: &netPolicy},
 	}
 	prepare := func(c *cli.Context) error {
@@ -96,6 +101,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		var err error
 		if o.Net, err = jail.ParsePolicy(netPolicy); err != nil {
 			return cliutil.Usagef("--net: %v", err)
+		}
+		if err := limits(c, &o); err != nil {
+			return err
 		}
 		if c.Args().Present() {
 			o.ExtraArgs = c.Args().Slice()
@@ -257,6 +265,42 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 	}
 	return app.RunContext(ctx, args)
+}
+
+// limits reads the resource limit flags into o. As root the cgroup
+// limits default to jail.DefaultLimits; otherwise only what is set
+// applies (a cgroup needs root).
+func limits(c *cli.Context, o *resume.Options) error {
+	size := func(name string) (uint64, error) {
+		n, err := cliutil.ParseSize(c.String(name))
+		if err != nil {
+			return 0, cliutil.Usagef("--%s: %v", name, err)
+		}
+		return n, nil
+	}
+	var err error
+	if o.Limits.FileBytes, err = size("file-cap"); err != nil {
+		return err
+	}
+	if c.IsSet("mem-overhead") {
+		if o.MemOverhead, err = size("mem-overhead"); err != nil {
+			return err
+		}
+	}
+	o.Limits.CPUShares, o.Limits.Pids = c.Int("cpu-shares"), c.Int("pids")
+	if os.Geteuid() == 0 {
+		def := jail.DefaultLimits(0)
+		if !c.IsSet("mem-overhead") {
+			o.MemOverhead = jail.MemOverhead
+		}
+		if !c.IsSet("cpu-shares") {
+			o.Limits.CPUShares = def.CPUShares
+		}
+		if !c.IsSet("pids") {
+			o.Limits.Pids = def.Pids
+		}
+	}
+	return nil
 }
 
 func wasAfterDashDash(args []string) bool {

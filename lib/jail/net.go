@@ -2,7 +2,6 @@ package jail
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -42,23 +41,6 @@ func ParsePolicy(s string) (Policy, error) {
 	return "", fmt.Errorf("network policy %q: want %s", s, Policies)
 }
 
-// StateFile is the network state of an instance in its run folder.
-const StateFile = "net.json"
-
-// Net is one instance's network as set up (StateFile).
-type Net struct {
-	Policy  Policy `json:"policy"`
-	NS      string `json:"netns,omitempty"`     // namespace name (outbound)
-	HostIP  string `json:"host_ip,omitempty"`   // the host side of the veth
-	GuestIP string `json:"guest_ip,omitempty"`  // the namespace side, where QEMU's forwards listen
-	Ino     uint64 `json:"netns_ino,omitempty"` // the namespace's identity (its nsfs inode)
-	Proxy   int    `json:"proxy_pid,omitempty"`
-
-	dir       string
-	listeners []*os.File // outbound: the host-side forward sockets, for the proxy
-	outer     []vm.Forward
-}
-
 const (
 	subnet     = "10.213.0.0/16" // outbound namespaces: one /30 each
 	maxNS      = 1 << 14
@@ -68,48 +50,17 @@ const (
 	netnsDir   = "/run/netns"
 )
 
-// Prepare sets up policy p for the instance whose run folder is dir and
-// changes cfg (a vm.Config about to start) to match: restrict=on for
-// isolated; for outbound a namespace, its veth and the host's rules, the
-// forwards moved into the namespace and their host side bound now, so
-// free ports are known before QEMU starts. Call Started once QEMU runs,
-// or Teardown if it does not.
-func Prepare(dir string, p Policy, cfg *vm.Config) (*Net, error) {
-	n := &Net{Policy: p, dir: dir}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	switch p {
-	case Host:
-	case Isolated, "":
-		n.Policy, cfg.NetRestrict = Isolated, true
-	case Outbound:
-		if err := n.outbound(cfg); err != nil {
-			n.Teardown()
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("network policy %q: want %s", p, Policies)
-	}
-	return n, n.save()
-}
-
-func (n *Net) save() error {
-	b, _ := json.Marshal(n)
-	return os.WriteFile(filepath.Join(n.dir, StateFile), b, 0o600)
-}
-
 // Forwards returns the forwards as users reach them: cfg's own for
 // isolated and host, the proxy's host side for outbound (ports filled in).
-func (n *Net) Forwards(inner []vm.Forward) []vm.Forward {
-	if n.Policy != Outbound {
+func (j *Jail) Forwards(inner []vm.Forward) []vm.Forward {
+	if j.Policy != Outbound {
 		return inner
 	}
-	return n.outer
+	return j.outer
 }
 
 // outbound makes the namespace and moves cfg's forwards into it.
-func (n *Net) outbound(cfg *vm.Config) error {
+func (j *Jail) outbound(cfg *vm.Config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the outbound network policy needs root (it makes a network namespace); use --net isolated or host")
 	}
@@ -130,17 +81,17 @@ func (n *Net) outbound(cfg *vm.Config) error {
 	// (a namespace's veth goes away after its namespace, asynchronously).
 	var errs []error
 	first := rand.IntN(maxNS)
-	for k := 0; k < maxNS && n.NS == "" && len(errs) < 4; k++ {
+	for k := 0; k < maxNS && j.NS == "" && len(errs) < 4; k++ {
 		idx := (first + k) % maxNS
 		if _, err := os.Stat(filepath.Join(netnsDir, nsPrefix+strconv.Itoa(idx))); !errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err := n.makeNS(idx); err != nil {
-			n.removeNS()
+		if err := j.makeNS(idx); err != nil {
+			j.removeNS()
 			errs = append(errs, err)
 		}
 	}
-	if n.NS == "" {
+	if j.NS == "" {
 		return fmt.Errorf("making a network namespace for the outbound policy: %w", errors.Join(errs...))
 	}
 	if err := hostRules(); err != nil {
@@ -163,12 +114,12 @@ func (n *Net) outbound(cfg *vm.Config) error {
 		if err != nil {
 			return err
 		}
-		n.listeners = append(n.listeners, file)
+		j.listeners = append(j.listeners, file)
 		f.HostAddr, f.HostPort = addr, file2port(file)
-		n.outer = append(n.outer, f)
-		inner[i] = vm.Forward{Proto: "tcp", HostAddr: n.GuestIP, HostPort: f.GuestPort, GuestPort: f.GuestPort}
+		j.outer = append(j.outer, f)
+		inner[i] = vm.Forward{Proto: "tcp", HostAddr: j.GuestIP, HostPort: f.GuestPort, GuestPort: f.GuestPort}
 	}
-	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, n.NS)
+	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, j.NS)
 	return nil
 }
 
@@ -176,7 +127,7 @@ func (n *Net) outbound(cfg *vm.Config) error {
 // (with the namespace's identity, so that a late Teardown never removes
 // another instance's namespace of the same name). The caller holds the
 // lock.
-func (n *Net) makeNS(idx int) error {
+func (j *Jail) makeNS(idx int) error {
 	ns, hv, gv := nsPrefix+strconv.Itoa(idx), hostPrefix+strconv.Itoa(idx), "clg"+strconv.Itoa(idx)
 	base := 10<<24 | 213<<16 | uint32(idx)*4
 	ip := func(k uint32) string {
@@ -186,18 +137,18 @@ func (n *Net) makeNS(idx int) error {
 	if err := run("ip", "netns", "add", ns); err != nil {
 		return err
 	}
-	n.NS, n.HostIP, n.GuestIP, n.Ino = ns, ip(1), ip(2), nsIno(ns)
-	if err := n.save(); err != nil { // Teardown finds the namespace from here on
+	j.NS, j.HostIP, j.GuestIP, j.Ino = ns, ip(1), ip(2), nsIno(ns)
+	if err := j.save(); err != nil { // Teardown finds the namespace from here on
 		return err
 	}
 	for _, s := range [][]string{
 		{"ip", "link", "add", hv, "type", "veth", "peer", "name", gv, "netns", ns},
-		{"ip", "addr", "add", n.HostIP + "/30", "dev", hv},
+		{"ip", "addr", "add", j.HostIP + "/30", "dev", hv},
 		{"ip", "link", "set", hv, "up"},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "-n", ns, "addr", "add", n.GuestIP + "/30", "dev", gv},
+		{"ip", "-n", ns, "addr", "add", j.GuestIP + "/30", "dev", gv},
 		{"ip", "-n", ns, "link", "set", gv, "up"},
-		{"ip", "-n", ns, "route", "add", "default", "via", n.HostIP},
+		{"ip", "-n", ns, "route", "add", "default", "via", j.HostIP},
 	} {
 		if err := run(s...); err != nil {
 			return err
@@ -215,14 +166,14 @@ func nsIno(name string) uint64 {
 	return st.Ino
 }
 
-// removeNS deletes the namespace recorded in n if it is still the one
+// removeNS deletes the namespace recorded in j if it is still the one
 // makeNS made. The caller holds the lock.
-func (n *Net) removeNS() {
-	if n.NS != "" && n.Ino != 0 && nsIno(n.NS) == n.Ino {
+func (j *Jail) removeNS() {
+	if j.NS != "" && j.Ino != 0 && nsIno(j.NS) == j.Ino {
 		// Deleting the namespace deletes both ends of its veth.
-		exec.Command("ip", "netns", "del", n.NS).Run()
+		exec.Command("ip", "netns", "del", j.NS).Run()
 	}
-	n.NS, n.Ino = "", 0
+	j.NS, j.Ino = "", 0
 }
 
 // lockNet serializes making and removing namespaces on this host.
@@ -290,49 +241,43 @@ func run(args ...string) error {
 	return nil
 }
 
-// Teardown undoes what Prepare set up (the proxy, the namespace and its
-// veth). It is idempotent.
-func (n *Net) Teardown() {
-	for _, f := range n.listeners {
+// network sets up policy p and changes cfg to match: restrict=on for
+// isolated; for outbound a namespace, its veth and the host's rules, the
+// forwards moved into the namespace and their host side bound now, so
+// free ports are known before QEMU starts.
+func (j *Jail) network(p Policy, cfg *vm.Config) error {
+	j.Policy = p
+	switch p {
+	case Host:
+	case Isolated, "":
+		j.Policy, cfg.NetRestrict = Isolated, true
+	case Outbound:
+		return j.outbound(cfg)
+	default:
+		return fmt.Errorf("network policy %q: want %s", p, Policies)
+	}
+	return nil
+}
+
+// unnet undoes network: the forward sockets, the proxy, the namespace and
+// its veth.
+func (j *Jail) unnet() {
+	for _, f := range j.listeners {
 		f.Close()
 	}
-	n.listeners = nil
-	if n.Proxy > 0 && isProxy(n.Proxy) {
-		syscall.Kill(n.Proxy, syscall.SIGTERM)
-		for i := 0; i < 100 && isProxy(n.Proxy); i++ {
+	j.listeners = nil
+	if j.Proxy > 0 && isProxy(j.Proxy) {
+		syscall.Kill(j.Proxy, syscall.SIGTERM)
+		for i := 0; i < 100 && isProxy(j.Proxy); i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if n.NS != "" {
+	if j.NS != "" {
 		if unlock, err := lockNet(); err == nil {
-			n.removeNS()
+			j.removeNS()
 			unlock()
 		}
 	}
-}
-
-// Teardown undoes the network set up for the instance in run folder dir,
-// from its StateFile; nothing to do without one.
-func Teardown(dir string) {
-	b, err := os.ReadFile(filepath.Join(dir, StateFile))
-	if err != nil {
-		return
-	}
-	var n Net
-	if json.Unmarshal(b, &n) == nil {
-		n.dir = dir
-		n.Teardown()
-	}
-}
-
-// Read returns the network state of the instance in dir.
-func Read(dir string) (*Net, error) {
-	b, err := os.ReadFile(filepath.Join(dir, StateFile))
-	if err != nil {
-		return nil, err
-	}
-	n := &Net{dir: dir}
-	return n, json.Unmarshal(b, n)
 }
 
 // isProxy reports whether pid is a live proxy of ours.

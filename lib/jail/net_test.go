@@ -26,14 +26,14 @@ func TestParsePolicy(t *testing.T) {
 func TestPrepareIsolatedHost(t *testing.T) {
 	for _, p := range []Policy{Isolated, Host} {
 		cfg := vm.Config{Forwards: []vm.Forward{{Proto: "tcp", HostPort: 0, GuestPort: 80}}}
-		n, err := Prepare(t.TempDir(), p, &cfg)
+		j, err := Prepare(t.TempDir(), Options{Net: p}, &cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.NetRestrict != (p == Isolated) || cfg.NetNS != "" || len(n.Forwards(cfg.Forwards)) != 1 {
-			t.Errorf("%s: restrict %v, netns %q, forwards %v", p, cfg.NetRestrict, cfg.NetNS, n.Forwards(cfg.Forwards))
+		if cfg.NetRestrict != (p == Isolated) || cfg.NetNS != "" || len(j.Forwards(cfg.Forwards)) != 1 {
+			t.Errorf("%s: restrict %v, netns %q, forwards %v", p, cfg.NetRestrict, cfg.NetNS, j.Forwards(cfg.Forwards))
 		}
-		n.Teardown()
+		j.Teardown()
 	}
 }
 
@@ -50,26 +50,26 @@ func TestOutboundNamespace(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg := vm.Config{Forwards: []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", GuestPort: 80}}}
-	n, err := Prepare(dir, Outbound, &cfg)
+	j, err := Prepare(dir, Options{Net: Outbound}, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := n.NS
-	if cfg.NetNS != filepath.Join(netnsDir, name) || cfg.Forwards[0].HostAddr != n.GuestIP || cfg.Forwards[0].HostPort != 80 {
-		t.Errorf("QEMU's config: netns %q, forwards %+v; want %s and %s:80", cfg.NetNS, cfg.Forwards, name, n.GuestIP)
+	name := j.NS
+	if cfg.NetNS != filepath.Join(netnsDir, name) || cfg.Forwards[0].HostAddr != j.GuestIP || cfg.Forwards[0].HostPort != 80 {
+		t.Errorf("QEMU's config: netns %q, forwards %+v; want %s and %s:80", cfg.NetNS, cfg.Forwards, name, j.GuestIP)
 	}
-	outer := n.Forwards(cfg.Forwards)
+	outer := j.Forwards(cfg.Forwards)
 	if len(outer) != 1 || outer[0].HostPort == 0 || outer[0].HostAddr != "127.0.0.1" {
 		t.Errorf("the forwards users reach: %+v; want 127.0.0.1 and a free port bound", outer)
 	}
-	if out, err := exec.Command("ip", "-n", name, "-4", "addr", "show").CombinedOutput(); err != nil || !strings.Contains(string(out), n.GuestIP) {
-		t.Errorf("namespace %s: %v %s; want address %s", name, err, out, n.GuestIP)
+	if out, err := exec.Command("ip", "-n", name, "-4", "addr", "show").CombinedOutput(); err != nil || !strings.Contains(string(out), j.GuestIP) {
+		t.Errorf("namespace %s: %v %s; want address %s", name, err, out, j.GuestIP)
 	}
 	late, err := Read(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Teardown()
+	j.Teardown()
 	if _, err := os.Stat(filepath.Join(netnsDir, name)); !os.IsNotExist(err) {
 		t.Fatalf("namespace %s still there after Teardown", name)
 	}

@@ -28,34 +28,34 @@ var ProxyCommand []string
 // Started is called once QEMU (pid) runs: for outbound it starts the
 // proxy, which carries the forwards in, lives as long as QEMU and removes
 // the namespace when QEMU is gone.
-func (n *Net) Started(pid int) error {
-	if n.Policy != Outbound {
+func (j *Jail) Started(pid int) error {
+	if j.Policy != Outbound {
 		return nil
 	}
 	if len(ProxyCommand) == 0 {
 		return errors.New("the outbound network policy needs vm-resume's net-proxy (jail.ProxyCommand is not set)")
 	}
-	args := slices.Concat(ProxyCommand[1:], []string{"--run", n.dir, "--qemu-pid", strconv.Itoa(pid)})
-	for _, f := range n.outer {
-		args = append(args, net.JoinHostPort(n.GuestIP, strconv.Itoa(f.GuestPort)))
+	args := slices.Concat(ProxyCommand[1:], []string{"--run", j.dir, "--qemu-pid", strconv.Itoa(pid)})
+	for _, f := range j.outer {
+		args = append(args, net.JoinHostPort(j.GuestIP, strconv.Itoa(f.GuestPort)))
 	}
 	cmd := exec.Command(ProxyCommand[0], args...)
-	cmd.ExtraFiles = n.listeners
+	cmd.ExtraFiles = j.listeners
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if log, err := os.OpenFile(n.dir+"/net-proxy.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+	if log, err := os.OpenFile(j.dir+"/net-proxy.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
 		cmd.Stdout, cmd.Stderr = log, log
 		defer log.Close()
 	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting the forward proxy: %w", err)
 	}
-	n.Proxy = cmd.Process.Pid
+	j.Proxy = cmd.Process.Pid
 	cmd.Process.Release()
-	for _, f := range n.listeners { // the proxy has them now
+	for _, f := range j.listeners { // the proxy has them now
 		f.Close()
 	}
-	n.listeners = nil
-	return n.save()
+	j.listeners = nil
+	return j.save()
 }
 
 // ServeProxy runs the forward proxy: listener i (fd 3+i) carries each TCP
@@ -91,9 +91,9 @@ func ServeProxy(ctx context.Context, dir string, qemuPid int, targets []string) 
 	}
 	wg.Wait()
 	if ctx.Err() == nil { // QEMU is gone: the namespace goes too
-		if n, err := Read(dir); err == nil {
-			n.Proxy = 0 // (this process)
-			n.Teardown()
+		if j, err := Read(dir); err == nil {
+			j.Proxy = 0 // (this process)
+			j.Teardown()
 		}
 	}
 	return nil
