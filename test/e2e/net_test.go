@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,11 +114,21 @@ func TestNetPolicy(t *testing.T) {
 	// Host: as before the policies.
 	expect("host d to the host's loopback", d, fmt.Sprintf("http://10.0.2.2:%d/", hostPort), "host-secret", true)
 
+	// c's namespace, to check it goes with c (other instances on the
+	// host may have namespaces of their own).
+	var cj struct {
+		NS  string `json:"netns"`
+		Ino uint64 `json:"netns_ino"`
+	}
+	if b, err := os.ReadFile(filepath.Join(c.RunDir, "jail.json")); err != nil || json.Unmarshal(b, &cj) != nil || cj.NS == "" {
+		t.Errorf("c's jail.json names no namespace: %s, %v", b, err)
+	}
 	for _, in := range []instance{a, b, c, d} {
 		e.stop(in)
 	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "cloudlet-") {
-		t.Errorf("network namespaces left after stop:\n%s", out)
+	var st syscall.Stat_t
+	if cj.NS != "" && syscall.Stat(filepath.Join("/run/netns", cj.NS), &st) == nil && st.Ino == cj.Ino {
+		t.Errorf("c's network namespace %s is left after stop", cj.NS)
 	}
 }
 
