@@ -95,8 +95,9 @@ type Verifier struct {
 	// sees a complete MANIFEST (nor expands its ranges) from an unsigned
 	// head. holdAt is where in the buffer scan last saw holding start
 	// (-1: not in it).
-	holding bool
-	holdAt  int
+	holding  bool
+	holdAt   int
+	heldFrom int // index in held where holding began (-1: nothing held back)
 
 	// frame scanner
 	off     int64 // stream offset of the next byte scanned
@@ -121,7 +122,7 @@ type Verifier struct {
 
 // NewVerifier returns a Verifier reading r with policy o.
 func NewVerifier(r io.Reader, o VerifyOptions) *Verifier {
-	return &Verifier{r: r, o: o, sha: sha256.New(), need: format.PreambleSize}
+	return &Verifier{r: r, o: o, sha: sha256.New(), need: format.PreambleSize, heldFrom: -1}
 }
 
 // Signer returns the signer's key, once the SIGNER was read and trusted.
@@ -181,6 +182,9 @@ func (v *Verifier) Read(p []byte) (int, error) {
 		var buf [64 << 10]byte
 		n, err := v.r.Read(buf[:])
 		k := v.scan(buf[:n])
+		if v.holding && v.holdAt >= 0 && v.heldFrom < 0 {
+			v.heldFrom = len(v.held) + v.holdAt
+		}
 		v.held = append(v.held, buf[:k]...)
 		if k < n { // refused: pass on nothing, not even the HEADER
 			v.held = nil
@@ -190,6 +194,13 @@ func (v *Verifier) Read(p []byte) (int, error) {
 			v.err = err
 			v.decided = true
 		}
+	}
+	if !v.holding {
+		v.heldFrom = -1 // the head signature verified: all may go
+	} else if v.heldFrom >= 0 && v.heldFrom <= len(v.held) {
+		// Stopped (refused, cut short) while holding: the MANIFEST's
+		// tail never goes, so no reader sees it whole.
+		v.held, v.heldFrom = v.held[:v.heldFrom], -1
 	}
 	if len(v.held) > 0 {
 		n := copy(p, v.held)
@@ -201,12 +212,15 @@ func (v *Verifier) Read(p []byte) (int, error) {
 	}
 	n, err := v.r.Read(p)
 	k := v.scan(p[:n])
-	if v.holding && v.holdAt >= 0 && v.err == nil {
+	if v.holding && v.holdAt >= 0 {
 		// The MANIFEST's tail began in p: keep it (and what follows)
-		// back until the HEAD_SIGNATURE verified.
-		v.held = append(v.held, p[v.holdAt:k]...)
-		if err != nil {
-			v.err = err
+		// back until the HEAD_SIGNATURE verified; dropped if the
+		// overlay is refused or ends first.
+		if v.err == nil {
+			v.held, v.heldFrom = append(v.held, p[v.holdAt:k]...), 0
+			if err != nil {
+				v.err = err
+			}
 		}
 		return v.holdAt, nil
 	}

@@ -3,6 +3,7 @@ package overlay
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -241,5 +242,62 @@ func TestKeyFiles(t *testing.T) {
 	}
 	if len(k.ID) != 16 {
 		t.Errorf("key ID %q; want 16 hex digits", k.ID)
+	}
+}
+
+// With signatures required, a signed overlay's MANIFEST is never passed on
+// whole unless a HEAD_SIGNATURE after it verified: not when another frame
+// follows it, not when the input ends after it, whatever the MANIFEST's
+// size and the reader's buffer (a MANIFEST larger than the Verifier's own
+// 64 KiB reads, issue 32).
+func TestVerifierHoldsUnsignedManifest(t *testing.T) {
+	key, err := sign.Generate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := sign.Keyring{key.ID: key.Public()}
+	frame := func(b *bytes.Buffer, ty format.Type, p []byte) {
+		var h [format.FrameHeadSize]byte
+		h[0] = byte(ty)
+		binary.LittleEndian.PutUint32(h[4:], uint32(len(p)))
+		b.Write(h[:])
+		b.Write(p)
+		b.Write(make([]byte, format.FrameTailSize))
+	}
+	for _, size := range []int{1000, 200000} {
+		for _, trunc := range []bool{false, true} {
+			var b bytes.Buffer
+			b.Write(make([]byte, format.PreambleSize))
+			frame(&b, format.TypeHeader, make([]byte, 100))
+			sp, err := sign.SignerPayload(key.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frame(&b, format.TypeSigner, sp)
+			frame(&b, format.TypeManifest, make([]byte, size))
+			manifestEnd := b.Len()
+			if !trunc {
+				frame(&b, format.TypeDisk, make([]byte, 600))
+			}
+			for _, bufsz := range []int{4096, 65536, 1 << 20} {
+				v := NewVerifier(bytes.NewReader(b.Bytes()), VerifyOptions{Require: true, Trusted: trusted})
+				var out []byte
+				buf := make([]byte, bufsz)
+				for {
+					n, err := v.Read(buf)
+					out = append(out, buf[:n]...)
+					if err != nil {
+						break
+					}
+				}
+				if len(out) >= manifestEnd {
+					t.Errorf("MANIFEST of %d bytes, truncated %v, reads of %d: %d bytes passed on, the whole MANIFEST (%d)", size, trunc, bufsz, len(out), manifestEnd)
+				}
+				var se *SignatureError
+				if !trunc && (!errors.As(v.Err(), &se) || !se.Policy) {
+					t.Errorf("MANIFEST of %d bytes followed by DISK, reads of %d: %v; want a policy refusal", size, bufsz, v.Err())
+				}
+			}
+		}
 	}
 }
