@@ -65,7 +65,7 @@ end() {
 	if pid=$(ours "$1"); then
 		kill "$pid" 2>/dev/null || true
 		for i in $(seq 1 50); do is "$pid" "$1" || break; sleep 0.1; done
-		kill -9 "$pid" 2>/dev/null || true
+		if is "$pid" "$1"; then kill -9 "$pid" 2>/dev/null || true; fi
 		for i in $(seq 1 50); do is "$pid" "$1" || break; sleep 0.1; done
 	fi
 	rm -f "$STATE/$1.pid"

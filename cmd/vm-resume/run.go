@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		&cli.IntFlag{Name: "cpu-shares", Usage: "the instance's CPU weight against the others (1024: one share; default 1024 as root); 0: none", EnvVars: []string{"CLOUDLET_CPU_SHARES"}},
 		&cli.Float64Flag{Name: "cpus", Usage: "cap the instance's CPU time at this many cores (0: no cap)", EnvVars: []string{"CLOUDLET_CPUS"}, Destination: &o.Limits.CPUs},
 		&cli.IntFlag{Name: "pids", Usage: "cap the instance's processes and threads (default 512 as root); 0: none", EnvVars: []string{"CLOUDLET_PIDS"}},
-		&cli.StringFlag{Name: "file-cap", Usage: "cap each file the instance writes in its run folder (the disk's top layer, the console log, the device-state spool) at `SIZE`: a write past it fails (the guest sees a disk error); 0: none", Value: "4G", EnvVars: []string{"CLOUDLET_FILE_CAP"}},
+		&cli.StringFlag{Name: "file-cap", Usage: "cap each file QEMU writes in the run folder (the disk's top layer, the console log, its log) at `SIZE`: a write past it fails (the guest sees a disk error, the log stops); 0: none", Value: "4G", EnvVars: []string{"CLOUDLET_FILE_CAP"}},
 		&cli.StringFlag{Name: "net", Usage: "what the guest's network may reach: isolated (nothing: not the host, its loopback, other instances or the outside; forwards still carry connections in), outbound (the outside through NAT, never the host or other instances; root, TCP forwards, not under libvirt) or host (everything the host reaches, its loopback too: for your own VMs only)", Value: string(jail.Isolated), EnvVars: []string{"CLOUDLET_NET"}, Destination: &netPolicy},
 	}
 	prepare := func(c *cli.Context) error {
@@ -347,7 +347,7 @@ func waitFor(ctx context.Context, info *instance.Info) error {
 		default:
 		}
 		if p, err := os.FindProcess(info.Pid); err != nil || p.Signal(syscall.Signal(0)) != nil {
-			return os.RemoveAll(info.RunDir)
+			return resume.RemoveRunDir(info.RunDir)
 		}
 		select {
 		case <-ctx.Done():

@@ -49,6 +49,9 @@ func Create(dir string, r *format.Reader, opt CreateOptions) (*Meta, error) {
 	if err := opt.Limits.check(h.VM); err != nil {
 		return nil, err
 	}
+	if err := usedBootFiles(h.VM, opt.BootFiles); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(dir); err == nil {
 		return nil, fmt.Errorf("%s already exists; bases are read-only once made, choose another folder", dir)
 	}
@@ -144,6 +147,9 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 	// cannot match is refused at END.
 	whole := h.VM.DiskSize > 0 && vm.DiskBase == ""
 	memH, diskH, devH := newSeqHash(vm.MemSize), newSeqHash(vm.DiskSize), sha256.New()
+	if !whole {
+		diskH.broken = true // the image's bytes are under the records: hashed from the file
+	}
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -196,9 +202,6 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 	wg.Go(func() { sums[0] = diskH.sum() })
 	sums[1] = memH.sum()
 	wg.Wait()
-	if !whole {
-		sums[0] = nil // the image's bytes are under the records
-	}
 	for i, f := range []string{DiskFile, MemFile} {
 		if sums[i] == nil { // written out of order: hash the file
 			if sums[i], err = fileSHA(filepath.Join(tmp, f)); err != nil {
@@ -215,9 +218,6 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 		if err := f.Sync(); err != nil {
 			return nil, err
 		}
-	}
-	if err := usedBootFiles(vm, opt.BootFiles); err != nil {
-		return nil, err
 	}
 	for name, sum := range BootFiles(vm) {
 		dst := filepath.Join(tmp, name)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // Limits are one instance's resource limits. Zero values set nothing.
@@ -25,10 +26,10 @@ type Limits struct {
 	CPUs float64
 	// Pids caps processes and threads: pids.max.
 	Pids int
-	// FileBytes caps each file the instance's processes write (its run
-	// folder: the disk's top layer, the console log, the device-state
-	// spool): RLIMIT_FSIZE, with SIGXFSZ ignored, so a write past it fails
-	// with EFBIG (the guest sees a disk error; the log stops growing).
+	// FileBytes caps each file QEMU writes (its run folder: the disk's
+	// top layer, the console log, its log): RLIMIT_FSIZE, set on QEMU
+	// once it runs, with SIGXFSZ ignored, so a write past it fails with
+	// EFBIG (the guest sees a disk error; the log stops growing).
 	FileBytes uint64
 }
 
@@ -53,14 +54,15 @@ func cgroupV2() bool {
 }
 
 // limit puts this process into a new cgroup cloudlet/NAME with l's limits
-// (its children, QEMU among them, are born in it) and caps the size of
-// the files it and its children write.
+// (its children, QEMU among them, are born in it) and notes the file cap
+// for Started.
 func (j *Jail) limit(name string, l Limits) error {
 	if l.FileBytes > 0 {
-		signal.Ignore(syscall.SIGXFSZ) // (inherited across exec)
-		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: l.FileBytes, Max: l.FileBytes}); err != nil {
-			return fmt.Errorf("capping file sizes at %d bytes: %w", l.FileBytes, err)
-		}
+		// QEMU gets the cap once it runs (Started), after it made its
+		// memory file; ignoring SIGXFSZ is inherited across exec, so a
+		// write past the cap fails instead of killing QEMU.
+		signal.Ignore(syscall.SIGXFSZ)
+		j.FileCap = l.FileBytes
 	}
 	if l.MemBytes == 0 && l.CPUShares == 0 && l.CPUs == 0 && l.Pids == 0 {
 		return nil
@@ -127,6 +129,16 @@ func (j *Jail) limit(name string, l Limits) error {
 		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 			return fmt.Errorf("joining cgroup %s: %w", d, err)
 		}
+	}
+	return nil
+}
+
+// capFiles caps the size of the files process pid writes (prlimit
+// RLIMIT_FSIZE).
+func capFiles(pid int, n uint64) error {
+	lim := syscall.Rlimit{Cur: n, Max: n}
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_PRLIMIT64, uintptr(pid), syscall.RLIMIT_FSIZE, uintptr(unsafe.Pointer(&lim)), 0, 0, 0); e != 0 {
+		return fmt.Errorf("capping the files of pid %d at %d bytes: %w", pid, n, e)
 	}
 	return nil
 }

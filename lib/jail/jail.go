@@ -1,6 +1,8 @@
 package jail
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -30,6 +32,8 @@ type Jail struct {
 	// Cgroups are the instance's cgroup folders (one per controller on
 	// cgroup v1, one on v2).
 	Cgroups []string `json:"cgroups,omitempty"`
+	// FileCap caps each file QEMU writes (its run folder's), from Started.
+	FileCap uint64 `json:"file_cap,omitempty"`
 
 	dir       string
 	listeners []*os.File // outbound: the host-side forward sockets, for the proxy
@@ -43,11 +47,14 @@ type Jail struct {
 // it), and the file size cap; then the network. Call Started once QEMU
 // runs, or Teardown if it does not.
 func Prepare(dir string, o Options, cfg *vm.Config) (*Jail, error) {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
 	j := &Jail{dir: dir}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	err := j.limit(filepath.Base(dir), o.Limits)
+	err := j.limit(cgroupName(dir), o.Limits)
 	if err == nil {
 		err = j.network(o.Net, cfg)
 	}
@@ -59,6 +66,28 @@ func Prepare(dir string, o Options, cfg *vm.Config) (*Jail, error) {
 		return nil, err
 	}
 	return j, nil
+}
+
+// cgroupName names the cgroup of the instance in run folder dir: the
+// folder's name and a digest of its path, so two run folders of one name
+// never share a cgroup.
+func cgroupName(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Base(dir) + "-" + hex.EncodeToString(sum[:4])
+}
+
+// Started is called once QEMU (pid) runs: it caps the files QEMU writes,
+// and for outbound starts the forward proxy.
+func (j *Jail) Started(pid int) error {
+	if j.FileCap > 0 {
+		if err := capFiles(pid, j.FileCap); err != nil {
+			return err
+		}
+	}
+	return j.startProxy(pid)
 }
 
 func (j *Jail) save() error {
@@ -83,6 +112,9 @@ func Teardown(dir string) {
 
 // Read returns the confinement of the instance in dir.
 func Read(dir string) (*Jail, error) {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs // as the proxy was told
+	}
 	b, err := os.ReadFile(filepath.Join(dir, StateFile))
 	if err != nil {
 		return nil, err

@@ -117,7 +117,7 @@ func (j *Jail) outbound(cfg *vm.Config) error {
 		j.listeners = append(j.listeners, file)
 		f.HostAddr, f.HostPort = addr, file2port(file)
 		j.outer = append(j.outer, f)
-		inner[i] = vm.Forward{Proto: "tcp", HostAddr: j.GuestIP, HostPort: f.GuestPort, GuestPort: f.GuestPort}
+		inner[i] = vm.Forward{Proto: "tcp", HostAddr: j.GuestIP, HostPort: innerPort(i), GuestPort: f.GuestPort}
 	}
 	cfg.Forwards, cfg.NetNS = inner, filepath.Join(netnsDir, j.NS)
 	return nil
@@ -188,6 +188,10 @@ func lockNet() (func(), error) {
 	}
 	return func() { lock.Close() }, nil
 }
+
+// innerPort is the port in the namespace where QEMU listens for forward
+// i (one per forward: two forwards may carry to one guest port).
+func innerPort(i int) int { return 40000 + i }
 
 // file2port returns the port a listening socket file is bound to.
 func file2port(f *os.File) int {
@@ -266,9 +270,9 @@ func (j *Jail) unnet() {
 		f.Close()
 	}
 	j.listeners = nil
-	if j.Proxy > 0 && isProxy(j.Proxy) {
+	if j.Proxy > 0 && isProxy(j.Proxy, j.dir) {
 		syscall.Kill(j.Proxy, syscall.SIGTERM)
-		for i := 0; i < 100 && isProxy(j.Proxy); i++ {
+		for i := 0; i < 100 && isProxy(j.Proxy, j.dir); i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
@@ -280,11 +284,12 @@ func (j *Jail) unnet() {
 	}
 }
 
-// isProxy reports whether pid is a live proxy of ours.
-func isProxy(pid int) bool {
+// isProxy reports whether pid is a live proxy of the instance in dir
+// (not a recycled pid, not another instance's proxy).
+func isProxy(pid int, dir string) bool {
 	if !vm.Alive(pid) {
 		return false
 	}
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return bytes.Contains(b, []byte(ProxyArg))
+	return bytes.Contains(b, []byte(ProxyArg)) && bytes.Contains(b, []byte("\x00--run\x00"+dir+"\x00"))
 }

@@ -55,8 +55,8 @@ func TestOutboundNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := j.NS
-	if cfg.NetNS != filepath.Join(netnsDir, name) || cfg.Forwards[0].HostAddr != j.GuestIP || cfg.Forwards[0].HostPort != 80 {
-		t.Errorf("QEMU's config: netns %q, forwards %+v; want %s and %s:80", cfg.NetNS, cfg.Forwards, name, j.GuestIP)
+	if cfg.NetNS != filepath.Join(netnsDir, name) || cfg.Forwards[0].HostAddr != j.GuestIP || cfg.Forwards[0].HostPort != innerPort(0) || cfg.Forwards[0].GuestPort != 80 {
+		t.Errorf("QEMU's config: netns %q, forwards %+v; want %s and %s:%d to guest 80", cfg.NetNS, cfg.Forwards, name, j.GuestIP, innerPort(0))
 	}
 	outer := j.Forwards(cfg.Forwards)
 	if len(outer) != 1 || outer[0].HostPort == 0 || outer[0].HostAddr != "127.0.0.1" {

@@ -25,10 +25,10 @@ const ProxyArg = "net-proxy"
 // sets it to itself and ProxyArg); the outbound policy needs it.
 var ProxyCommand []string
 
-// Started is called once QEMU (pid) runs: for outbound it starts the
-// proxy, which carries the forwards in, lives as long as QEMU and removes
-// the namespace when QEMU is gone.
-func (j *Jail) Started(pid int) error {
+// startProxy starts, for outbound, the proxy, which carries the forwards
+// in, lives as long as QEMU (pid) and removes the namespace when QEMU is
+// gone.
+func (j *Jail) startProxy(pid int) error {
 	if j.Policy != Outbound {
 		return nil
 	}
@@ -36,8 +36,8 @@ func (j *Jail) Started(pid int) error {
 		return errors.New("the outbound network policy needs vm-resume's net-proxy (jail.ProxyCommand is not set)")
 	}
 	args := slices.Concat(ProxyCommand[1:], []string{"--run", j.dir, "--qemu-pid", strconv.Itoa(pid)})
-	for _, f := range j.outer {
-		args = append(args, net.JoinHostPort(j.GuestIP, strconv.Itoa(f.GuestPort)))
+	for i := range j.outer {
+		args = append(args, net.JoinHostPort(j.GuestIP, strconv.Itoa(innerPort(i))))
 	}
 	cmd := exec.Command(ProxyCommand[0], args...)
 	cmd.ExtraFiles = j.listeners

@@ -325,7 +325,7 @@ func (s *Served) Wait(ctx context.Context) error {
 	}
 	err := s.srv.Unmount()
 	closeAll(s.files)
-	if rerr := os.RemoveAll(s.dir); err == nil {
+	if rerr := RemoveRunDir(s.dir); err == nil {
 		err = rerr
 	}
 	return err

@@ -163,9 +163,16 @@ func (c *cleanup) run() {
 		c.srv.Unmount()
 	}
 	if c.dir != "" {
-		jail.Teardown(c.dir)
-		os.RemoveAll(c.dir)
+		RemoveRunDir(c.dir)
 	}
+}
+
+// RemoveRunDir removes the run folder of an instance whose QEMU is gone,
+// with what confined it (lib/jail: its forward proxy, network namespace
+// and cgroup). Every path that ends an instance goes through it.
+func RemoveRunDir(dir string) error {
+	jail.Teardown(dir)
+	return os.RemoveAll(dir)
 }
 
 // Stop ends the instance in runDir (QMP quit, then SIGKILL) and removes the
@@ -212,8 +219,7 @@ func Stop(ctx context.Context, runDir string) error {
 			return err
 		}
 	}
-	jail.Teardown(runDir)
-	return os.RemoveAll(runDir)
+	return RemoveRunDir(runDir)
 }
 
 func toInfoForwards(fs []vm.Forward) []instance.Forward {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"cloudlet/lib/instance"
-	"cloudlet/lib/jail"
 	"cloudlet/lib/lazyfs"
 	"cloudlet/lib/vm"
 )
@@ -66,8 +65,7 @@ func removeStale(dir string) error {
 	if err := lazyfs.Cleanup(filepath.Join(dir, LazyDir)); err != nil {
 		return err
 	}
-	jail.Teardown(dir)
-	return os.RemoveAll(dir)
+	return RemoveRunDir(dir)
 }
 
 // sweepStale removes the stale run folders directly under root.

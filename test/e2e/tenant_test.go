@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,7 +52,7 @@ func TestTenantLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	group := "cloudlet/" + filepath.Base(a.RunDir)
+	group := cgroupOf(t, a.RunDir)
 	if !strings.Contains(string(cg), group) {
 		t.Fatalf("QEMU (pid %d) is not in cgroup %s:\n%s", a.Pid, group, cg)
 	}
@@ -126,4 +127,15 @@ func readCgroup(t *testing.T, group, ctrl, v1, v2 string) int64 {
 func exec10s(e *env, run, cmd string) string {
 	out, stderr, _ := e.run(time.Minute, nil, filepath.Join(binDir, "vm-console"), "--timeout", "60s", run, cmd)
 	return strings.TrimSpace(out + stderr)
+}
+
+// cgroupOf returns an instance's cgroup, cloudlet/NAME, from its jail.json.
+func cgroupOf(t *testing.T, run string) string {
+	t.Helper()
+	var j struct{ Cgroups []string }
+	b, err := os.ReadFile(filepath.Join(run, "jail.json"))
+	if err != nil || json.Unmarshal(b, &j) != nil || len(j.Cgroups) == 0 {
+		t.Fatalf("%s/jail.json names no cgroup: %s %v", run, b, err)
+	}
+	return "cloudlet/" + filepath.Base(j.Cgroups[0])
 }
