@@ -16,6 +16,11 @@ const (
 	FirmwareVarsFile = "firmware-vars.fd"
 )
 
+// BootFileNames are the names of the boot files in a base folder, in the
+// order they are looked for (so a missing one is named the same way every
+// time).
+var BootFileNames = []string{KernelFile, InitrdFile, FirmwareCodeFile, FirmwareVarsFile}
+
 // BootFiles lists the files a VM description names only by sha256 (the
 // kernel, the initrd, the UEFI firmware code and variable store template)
 // by their file names in a base folder. Empty sums are left out.

@@ -219,7 +219,12 @@ func build(tmp string, h *format.Header, r *format.Reader, opt CreateOptions) (*
 			return nil, err
 		}
 	}
-	for name, sum := range BootFiles(vm) {
+	files := BootFiles(vm)
+	for _, name := range BootFileNames {
+		sum, ok := files[name]
+		if !ok {
+			continue
+		}
 		dst := filepath.Join(tmp, name)
 		if _, err := os.Stat(dst); err == nil { // carried by the stream
 			if got, err := FileSHA256(dst); err != nil || got != sum {

@@ -105,10 +105,12 @@ func prepareStream(r *format.Reader, so *StreamOptions) (_ *streamSetup, err err
 		searchDirs = append([]string{b.Dir}, searchDirs...)
 	}
 	bootDirs := append(slices.Clone(searchDirs), vm.FirmwareDir)
-	files := map[string]string{}
-	for name, sum := range base.BootFiles(h.VM) {
-		if files[name], err = base.FindBootFile(sum, name, bootDirs); err != nil {
-			return nil, err
+	files := base.BootFiles(h.VM)
+	for _, name := range base.BootFileNames {
+		if sum, ok := files[name]; ok {
+			if files[name], err = base.FindBootFile(sum, name, bootDirs); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if h.VM.DiskSize > 0 {

@@ -137,9 +137,18 @@ func crashDaemons(script string) error {
 		if fi, err := os.Stat(s); err != nil || fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("after SIGKILL, %s is not a socket file left behind (%v): nothing stale to test", s, err)
 		}
-		if c, err := net.Dial("unix", s); err == nil {
+		// A child the daemon was forking when it died may hold its
+		// listening socket a moment longer.
+		for i := 0; ; i++ {
+			c, err := net.Dial("unix", s)
+			if err != nil {
+				break
+			}
 			c.Close()
-			return fmt.Errorf("%s still answers after its daemon was killed", s)
+			if i == 100 {
+				return fmt.Errorf("%s still answers 10 s after its daemon was killed", s)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	return nil
