@@ -283,15 +283,15 @@ func limits(c *cli.Context, o *resume.Options) error {
 		return err
 	}
 	if c.IsSet("mem-overhead") {
-		if o.MemOverhead, err = size("mem-overhead"); err != nil {
+		if o.Limits.MemOverhead, err = size("mem-overhead"); err != nil {
 			return err
 		}
 	}
 	o.Limits.CPUShares, o.Limits.Pids = c.Int("cpu-shares"), c.Int("pids")
 	if os.Geteuid() == 0 {
-		def := jail.DefaultLimits(0)
+		def := jail.DefaultLimits()
 		if !c.IsSet("mem-overhead") {
-			o.MemOverhead = jail.MemOverhead
+			o.Limits.MemOverhead = def.MemOverhead
 		}
 		if !c.IsSet("cpu-shares") {
 			o.Limits.CPUShares = def.CPUShares

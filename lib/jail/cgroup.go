@@ -11,14 +11,16 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"cloudlet/lib/vm"
 )
 
 // Limits are one instance's resource limits. Zero values set nothing.
 type Limits struct {
-	// MemBytes caps the memory of the instance's processes (QEMU: guest
-	// RAM and its own overhead; the early-start server; the proxy):
+	// MemOverhead caps the memory of the instance's processes (QEMU, the
+	// early-start server, the proxy) at the guest's RAM plus this:
 	// memory.limit_in_bytes (v1), memory.max (v2).
-	MemBytes uint64
+	MemOverhead uint64
 	// CPUShares is the instance's CPU weight against the others (1024:
 	// one share): cpu.shares (v1), cpu.weight (v2, shares*100/1024).
 	CPUShares int
@@ -38,11 +40,11 @@ type Limits struct {
 // translation cache and the early-start server.
 const MemOverhead = 256 << 20
 
-// DefaultLimits are the limits of an instance with memMiB of guest RAM
-// when the operator sets none: RAM plus MemOverhead, one CPU share (an
-// equal part of the host under contention), 512 pids, 4 GiB per file.
-func DefaultLimits(memMiB int) Limits {
-	return Limits{MemBytes: uint64(memMiB)<<20 + MemOverhead, CPUShares: 1024, Pids: 512, FileBytes: 4 << 30}
+// DefaultLimits are the limits of an instance when the operator sets
+// none: its RAM plus MemOverhead, one CPU share (an equal part of the
+// host under contention), 512 pids, 4 GiB per file.
+func DefaultLimits() Limits {
+	return Limits{MemOverhead: MemOverhead, CPUShares: 1024, Pids: 512, FileBytes: 4 << 30}
 }
 
 const cgroupRoot = "/sys/fs/cgroup"
@@ -56,7 +58,7 @@ func cgroupV2() bool {
 // limit puts this process into a new cgroup cloudlet/NAME with l's limits
 // (its children, QEMU among them, are born in it) and notes the file cap
 // for Started.
-func (j *Jail) limit(name string, l Limits) error {
+func (j *Jail) limit(name string, memMiB int, l Limits) error {
 	if l.FileBytes > 0 {
 		// QEMU gets the cap once it runs (Started), after it made its
 		// memory file; ignoring SIGXFSZ is inherited across exec, so a
@@ -64,7 +66,7 @@ func (j *Jail) limit(name string, l Limits) error {
 		signal.Ignore(syscall.SIGXFSZ)
 		j.FileCap = l.FileBytes
 	}
-	if l.MemBytes == 0 && l.CPUShares == 0 && l.CPUs == 0 && l.Pids == 0 {
+	if l.MemOverhead == 0 && l.CPUShares == 0 && l.CPUs == 0 && l.Pids == 0 {
 		return nil
 	}
 	if os.Geteuid() != 0 {
@@ -73,11 +75,12 @@ func (j *Jail) limit(name string, l Limits) error {
 	type knob struct{ ctrl, file, value string }
 	var knobs []knob
 	v2 := cgroupV2()
-	if l.MemBytes > 0 {
+	if l.MemOverhead > 0 {
+		mem := strconv.FormatUint(uint64(max(memMiB, vm.DefaultMemMiB))<<20+l.MemOverhead, 10)
 		if v2 {
-			knobs = append(knobs, knob{"", "memory.max", strconv.FormatUint(l.MemBytes, 10)})
+			knobs = append(knobs, knob{"", "memory.max", mem})
 		} else {
-			knobs = append(knobs, knob{"memory", "memory.limit_in_bytes", strconv.FormatUint(l.MemBytes, 10)})
+			knobs = append(knobs, knob{"memory", "memory.limit_in_bytes", mem})
 		}
 	}
 	if l.CPUShares > 0 {

@@ -54,7 +54,7 @@ func Prepare(dir string, o Options, cfg *vm.Config) (*Jail, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	err := j.limit(cgroupName(dir), o.Limits)
+	err := j.limit(cgroupName(dir), cfg.MemMiB, o.Limits)
 	if err == nil {
 		err = j.network(o.Net, cfg)
 	}

@@ -39,11 +39,9 @@ type Options struct {
 	// Net is what the guest's network may reach (lib/jail); "" is
 	// jail.Isolated.
 	Net jail.Policy
-	// Limits are the instance's resource limits (lib/jail); with
-	// MemOverhead set, its memory limit is the guest's RAM plus that.
-	Limits      jail.Limits
-	MemOverhead uint64
-	Log         io.Writer
+	// Limits are the instance's resource limits (lib/jail).
+	Limits jail.Limits
+	Log    io.Writer
 }
 
 var reVersion = regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`)
@@ -104,11 +102,7 @@ func (o *Options) start(ctx context.Context, cfg vm.Config) (*vm.Instance, error
 	if o.Net == jail.Outbound && o.Libvirt != "" {
 		return nil, fmt.Errorf("the outbound network policy is not available under libvirt (libvirtd starts QEMU in the host's network namespace): use --net isolated or host with --libvirt")
 	}
-	l := o.Limits
-	if o.MemOverhead > 0 {
-		l.MemBytes = uint64(max(cfg.MemMiB, vm.DefaultMemMiB))<<20 + o.MemOverhead
-	}
-	n, err := jail.Prepare(cfg.RunDir, jail.Options{Net: o.Net, Limits: l}, &cfg)
+	n, err := jail.Prepare(cfg.RunDir, jail.Options{Net: o.Net, Limits: o.Limits}, &cfg)
 	if err != nil {
 		return nil, err
 	}
