@@ -18,6 +18,12 @@ type Header struct {
 	// MemRelative says absent memory pages equal the base's (set by
 	// mem-diff); otherwise they are zero. Only diff streams may set it.
 	MemRelative bool `msgpack:"mem_relative" json:"mem_relative"`
+	// Live marks a handoff stream (vm-handoff): it is sent while the VM
+	// still runs, in passes, so a later record may write a range an
+	// earlier one wrote, and the latest wins (SPEC.md section 5, item 3).
+	// Only diff and overlay streams with mem_relative; no MANIFEST and no
+	// COPY from this stream.
+	Live bool `msgpack:"live,omitempty" json:"live,omitempty"`
 }
 
 // VMDesc describes the VM exactly enough to recreate it. It is typed data:
@@ -167,6 +173,9 @@ func (h *Header) Validate() error {
 	}
 	if h.MemRelative && (h.Kind == KindFull || h.Kind == KindBase) {
 		return fmt.Errorf("%w: mem_relative in a %s stream", ErrMalformed, h.Kind)
+	}
+	if h.Live && (!h.MemRelative || (h.Kind != KindDiff && h.Kind != KindOverlay)) {
+		return fmt.Errorf("%w: live in a %s stream (only diff and overlay streams relative to the base are live)", ErrMalformed, h.Kind)
 	}
 	if h.Kind == KindBase && h.VM.DiskBase != "" {
 		return fmt.Errorf("%w: a base export's disk is whole (disk_base must be empty)", ErrMalformed)

@@ -72,6 +72,9 @@ func (v *Validator) claim(sp uint8, off, length uint64) error {
 	if err := v.checkPromised(sp, off, length); err != nil {
 		return err
 	}
+	if v.h.Live {
+		return nil // written again in a later pass: the latest wins
+	}
 	if !set.Insert(off, off+length) {
 		return fmt.Errorf("%w: %s %d+%d", ErrOverlap, name, off, length)
 	}
@@ -159,6 +162,9 @@ func (v *Validator) Check(r *Record) error {
 		if err := span(c.SourceOffset, c.Length, align, limit, "COPY source"); err != nil {
 			return err
 		}
+		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && v.h.Live {
+			return fmt.Errorf("%w: COPY from this stream in a live stream (its ranges change from pass to pass)", ErrMalformed)
+		}
 		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && !src.Covers(c.SourceOffset, c.SourceOffset+c.Length) {
 			return fmt.Errorf("%w: source %d+%d", ErrDanglingCopy, c.SourceOffset, c.Length)
 		}
@@ -212,6 +218,9 @@ func (v *Validator) manifest(r *Record) error {
 	}
 	if *v.promised != nil {
 		return fmt.Errorf("%w: second MANIFEST", ErrMalformed)
+	}
+	if v.h.Live {
+		return fmt.Errorf("%w: MANIFEST in a live stream (what a running VM will write is not known ahead)", ErrMalformed)
 	}
 	m, err := r.ManifestRecord(v.h)
 	if err != nil {

@@ -61,6 +61,16 @@ type Writer struct {
 	initEnd  int64              // clusters 1..initEnd-1 hold the empty image's metadata, free after Close
 	err      error              // sticky: a failed write leaves the image unusable
 	closed   bool
+	rewrite  bool // a sector may be written again (AllowRewrite)
+}
+
+// AllowRewrite lets later writes replace earlier ones (the latest wins),
+// for a live stream (vm-handoff), whose passes write a range again. Call
+// it before the first write.
+func (w *Writer) AllowRewrite() {
+	w.mu.Lock()
+	w.rewrite = true
+	w.mu.Unlock()
 }
 
 // Create makes a new qcow2 image at path (it must not exist: O_EXCL) of
@@ -210,8 +220,12 @@ func span(off, n int64, fn func(ci int64, a, b int) error) error {
 	return nil
 }
 
-// checkFree fails if any sector of [off, off+n) was written before.
+// checkFree fails if any sector of [off, off+n) was written before
+// (unless rewrites are allowed).
 func (w *Writer) checkFree(what string, off, n int64) error {
+	if w.rewrite {
+		return nil
+	}
 	return span(off, n, func(ci int64, a, b int) error {
 		c := w.clusters[ci]
 		if c == nil {
@@ -223,6 +237,30 @@ func (w *Writer) checkFree(what string, off, n int64) error {
 				s := int64(64*i + bits.TrailingZeros64(hit))
 				return fmt.Errorf("qcow2: %s at offset %d of %d bytes: sector at offset %d already written", what, off, n, ci*clusterSize+s*sectorSize)
 			}
+		}
+		return nil
+	})
+}
+
+// unzero turns the zero subclusters that [off, off+n) touches into data
+// subclusters that read as zero, so a write can replace part of them.
+func (w *Writer) unzero(off, n int64) error {
+	return span(off, n, func(ci int64, a, b int) error {
+		c := w.clusters[ci]
+		if c == nil || c.zero == 0 {
+			return nil
+		}
+		for s := a / subclusterSize; s*subclusterSize < b; s++ {
+			if c.zero&(1<<uint(s)) == 0 {
+				continue
+			}
+			if _, err := w.touch(ci, true); err != nil {
+				return w.fail(err)
+			}
+			if _, err := w.f.WriteAt(zeroBuf[:subclusterSize], c.host+int64(s*subclusterSize)); err != nil {
+				return w.fail(fmt.Errorf("qcow2: write at offset %d of %d bytes: %w", off, n, err))
+			}
+			c.zero &^= 1 << uint(s)
 		}
 		return nil
 	})
@@ -276,6 +314,11 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if err := w.checkFree("write", off, n); err != nil {
 		return 0, err
+	}
+	if w.rewrite {
+		if err := w.unzero(off, n); err != nil {
+			return 0, err
+		}
 	}
 	// Allocate and mark first, then write the runs of contiguous host
 	// clusters, each with one pwrite.

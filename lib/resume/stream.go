@@ -208,6 +208,9 @@ func FromStream(ctx context.Context, r *format.Reader, so StreamOptions) (*insta
 		if err != nil {
 			return nil, err
 		}
+		if h.Live {
+			d.w.AllowRewrite() // a handoff's later passes write ranges again
+		}
 		sp.disk = d
 	}
 
