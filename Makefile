@@ -6,7 +6,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
 export CLOUDLET_GUEST_DIR
-TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen
+TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen vm-handoff
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
 	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl \
 	gcc libc6-dev liblzma-dev fuse3 nftables iproute2

@@ -168,7 +168,7 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 	if err := c.Migrate(ctx, "unix:"+sock); err != nil {
 		return nil, fmt.Errorf("starting migration: %w", err)
 	}
-	conn, err := acceptCtx(ctx, ln)
+	conn, err := AcceptMigration(ctx, ln)
 	if err != nil {
 		return nil, fmt.Errorf("waiting for QEMU to connect the migration socket: %w", err)
 	}
@@ -254,7 +254,9 @@ func Capture(ctx context.Context, opt Options, w *format.Writer) (*Stats, error)
 // one (ROMs and tables: a few MiB).
 const maxOtherRAM = 256 << 20
 
-func acceptCtx(ctx context.Context, ln net.Listener) (net.Conn, error) {
+// AcceptMigration waits (at most 30 s, or until ctx ends) for QEMU to connect
+// the migration socket ln listens on.
+func AcceptMigration(ctx context.Context, ln net.Listener) (net.Conn, error) {
 	type res struct {
 		c   net.Conn
 		err error

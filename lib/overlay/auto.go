@@ -27,7 +27,9 @@ type AutoChoice struct {
 	Encode, Decode float64
 	// Seconds is the synthesis time per raw MB: the larger of sending it
 	// (Ratio / bandwidth) and decoding it on the cloudlet's cores, since
-	// overlay-apply decodes segments while the next ones arrive.
+	// overlay-apply decodes segments while the next ones arrive; for a
+	// live stream (PackOptions.Live) also of encoding it on the packer's
+	// workers, which then run while the link waits.
 	Seconds float64
 	comp    [][]byte // the sample's segments, compressed
 }
@@ -52,8 +54,8 @@ const minTiming = 20 * time.Millisecond
 // planAuto compresses the sample segments with every candidate at once,
 // then times each decoding alone, and returns the candidates best first: by
 // the synthesis time per raw byte at bandwidth Mbit/s with cores decoding
-// in parallel, ties going to the smaller overlay.
-func planAuto(raw [][]byte, bandwidth float64, cores int) ([]AutoChoice, error) {
+// in parallel (and, live > 0, that many workers encoding), ties going to the smaller overlay.
+func planAuto(raw [][]byte, bandwidth float64, cores, live int) ([]AutoChoice, error) {
 	out := make([]AutoChoice, len(AutoCandidates))
 	errs := make([]error, len(AutoCandidates))
 	var wg sync.WaitGroup
@@ -75,6 +77,9 @@ func planAuto(raw [][]byte, bandwidth float64, cores int) ([]AutoChoice, error) 
 	for i := range out {
 		c := &out[i]
 		c.Seconds = max(c.Ratio/bps, 1/(c.Decode*float64(max(cores, 1)))) * 1e6
+		if live > 0 {
+			c.Seconds = max(c.Seconds, 1e6/(c.Encode*float64(live)))
+		}
 	}
 	slices.SortStableFunc(out, func(a, b AutoChoice) int {
 		if a.Seconds != b.Seconds {

@@ -399,7 +399,7 @@ func TestAutoPicksByBandwidth(t *testing.T) {
 		text = fmt.Appendf(text, "line %d of a log file that compresses well, value=%d\n", i, i*i%977)
 	}
 	sample := [][]byte{text[:1<<20], text[1<<20:]}
-	slow, err := planAuto(sample, 1, 2)
+	slow, err := planAuto(sample, 1, 2, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,12 +410,26 @@ func TestAutoPicksByBandwidth(t *testing.T) {
 			t.Errorf("at 1 Mbit/s auto chose %s (ratio %.4f) over the smaller %s (%.4f)", slow[0], slow[0].Ratio, c, c.Ratio)
 		}
 	}
-	fast, err := planAuto(sample, 1e6, 2)
+	fast, err := planAuto(sample, 1e6, 2, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fast[0].Codec != codec.Zstd {
 		t.Errorf("at 1 Tbit/s auto chose %s; want zstd, the fastest to decode (plan %v)", fast[0], fast)
+	}
+	// Live (vm-handoff): at 25 Mbit/s the encoder is on the critical
+	// path, so the fastest to encode that the link does not hold back.
+	live, err := planAuto(sample, 25, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range live[1:] {
+		if c.Seconds < live[0].Seconds {
+			t.Errorf("live at 25 Mbit/s: %s (%.1f ms/MB) ranked after %s (%.1f)", c, c.Seconds, live[0], live[0].Seconds)
+		}
+	}
+	if live[0].Seconds < 1e6/live[0].Encode {
+		t.Errorf("live plan ignores the encoding: %s takes %.1f ms/MB to encode, planned at %.1f", live[0], 1e3/live[0].Encode*1e3, live[0].Seconds)
 	}
 	if s := describePlan(fast, 1e6, 2, 2<<20, 2); !strings.Contains(s, "chose zstd") || strings.Count(s, "\n") != len(fast)+1 {
 		t.Errorf("describePlan = %q; want the choice and one line per candidate", s)

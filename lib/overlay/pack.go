@@ -51,6 +51,9 @@ type PackOptions struct {
 	// EarlySegmentSize is the raw size of the segments that hold the
 	// records Access lists (default 256 KiB, 64 KiB to 16 MiB).
 	EarlySegmentSize int
+	// Live says the stream is made while it is sent (vm-handoff), so
+	// "auto" weighs the encoding speed too.
+	Live bool
 	// TempDir holds the spool files (default os.TempDir()).
 	TempDir string
 }
@@ -373,7 +376,11 @@ func (p *packer) decide() error {
 		raws[i] = j.raw
 		size += len(j.raw)
 	}
-	plan, err := planAuto(raws, p.o.Bandwidth, p.o.Workers)
+	live := 0
+	if p.o.Live {
+		live = p.o.Workers
+	}
+	plan, err := planAuto(raws, p.o.Bandwidth, p.o.Workers, live)
 	if err != nil {
 		return err
 	}

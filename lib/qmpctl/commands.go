@@ -174,7 +174,22 @@ type MigrationInfo struct {
 		Total       int64 `json:"total"`       // guest RAM bytes
 		Transferred int64 `json:"transferred"` // bytes sent so far
 		Remaining   int64 `json:"remaining"`
+		// DirtySyncCount counts the dirty bitmap syncs: 1 while the first
+		// pass (every page) runs, n while pass n runs.
+		DirtySyncCount int64 `json:"dirty-sync-count"`
 	} `json:"ram"`
+}
+
+// MigrateContinue lets a migration paused in state "pre-switchover" (the
+// pause-before-switchover capability) complete.
+func (c *Client) MigrateContinue(ctx context.Context) error {
+	return c.Execute(ctx, "migrate-continue", map[string]string{"state": "pre-switchover"}, nil)
+}
+
+// MigrateCancel cancels the current outgoing migration; QEMU lets a guest
+// that ran before it run again.
+func (c *Client) MigrateCancel(ctx context.Context) error {
+	return c.Execute(ctx, "migrate_cancel", nil, nil)
 }
 
 // QueryMigrate returns the state of the current or last migration.

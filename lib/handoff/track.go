@@ -1,0 +1,188 @@
+package handoff
+
+import (
+	"bytes"
+	"fmt"
+
+	"cloudlet/format"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// baseReader reads the base's memory and disk (lib/base.Base).
+type baseReader interface {
+	ReadMemAt(p []byte, off int64) (int, error)
+	ReadDiskAt(p []byte, off int64) (int, error)
+}
+
+// onBase marks a page or block the destination holds as the base has it
+// (every one at the start). Other values are the xxhash64 of the content
+// sent last, with the low bit set, so no content hashes to onBase.
+const onBase = 0
+
+func sum(p []byte) uint64 { return xxhash.Sum64(p) | 1 }
+
+// tracker writes the records that bring the destination from what it
+// holds to the content it is shown, and remembers what it then holds.
+// Memory state is a slice (one word per guest page); disk state a map
+// (only blocks of the top layer are ever shown).
+type tracker struct {
+	w    *format.Writer
+	base baseReader
+	mem  []uint64
+	disk map[uint64]uint64
+	buf  []byte // a base page or block
+	run  run    // records are coalesced while contiguous
+
+	// counted per space: raw data bytes written and records
+	memBytes, diskBytes uint64
+	sent                uint64 // bytes given to w (frames' payloads, roughly)
+}
+
+// Kinds of coalesced runs.
+const (
+	runNone = iota
+	runData
+	runZero
+	runBase // back to the base's content at the same offset
+)
+
+type run struct {
+	kind  int
+	space uint8
+	off   uint64
+	n     uint64
+	data  []byte
+}
+
+func newTracker(w *format.Writer, b baseReader, memSize uint64) *tracker {
+	return &tracker{w: w, base: b, mem: make([]uint64, memSize/format.PageSize), disk: map[uint64]uint64{},
+		buf: make([]byte, format.PageSize), run: run{data: make([]byte, 0, format.MaxRecordData)}}
+}
+
+// page shows the destination the content of guest page off.
+func (t *tracker) page(off uint64, data []byte) error {
+	i := off / format.PageSize
+	if i >= uint64(len(t.mem)) || off%format.PageSize != 0 || len(data) != format.PageSize {
+		return fmt.Errorf("page at %d (%d bytes) is not a page of the VM's %d bytes of RAM", off, len(data), uint64(len(t.mem))*format.PageSize)
+	}
+	kind, h, err := t.decide(format.SpaceMem, t.mem[i], off, data)
+	if err != nil || kind == runNone {
+		return err
+	}
+	t.mem[i] = h
+	return t.add(kind, format.SpaceMem, off, data)
+}
+
+// block shows the destination the content of the disk block at off (a
+// multiple of 512, at most a page long).
+func (t *tracker) block(off uint64, data []byte) error {
+	kind, h, err := t.decide(format.SpaceDisk, t.disk[off], off, data)
+	if err != nil || kind == runNone {
+		return err
+	}
+	if h == onBase {
+		delete(t.disk, off)
+	} else {
+		t.disk[off] = h
+	}
+	return t.add(kind, format.SpaceDisk, off, data)
+}
+
+// decide says what to send for data at off, given what the destination
+// holds there (have): nothing (runNone), the data, a zero run or the
+// base's content; and what the destination then holds.
+func (t *tracker) decide(space uint8, have uint64, off uint64, data []byte) (int, uint64, error) {
+	h := sum(data)
+	if have == h {
+		return runNone, h, nil
+	}
+	// Equal to the base? (Always asked while the destination has the
+	// base: QEMU's first pass shows every page.)
+	b := t.buf[:len(data)]
+	var err error
+	if space == format.SpaceMem {
+		_, err = t.base.ReadMemAt(b, int64(off))
+	} else {
+		_, err = t.base.ReadDiskAt(b, int64(off))
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the base at %d: %w", off, err)
+	}
+	switch {
+	case bytes.Equal(b, data) && have == onBase:
+		return runNone, onBase, nil
+	case bytes.Equal(b, data):
+		return runBase, onBase, nil
+	case isZeroPage(data):
+		return runZero, h, nil
+	}
+	return runData, h, nil
+}
+
+func isZeroPage(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// add extends the current run or starts a new one.
+func (t *tracker) add(kind int, space uint8, off uint64, data []byte) error {
+	n := uint64(len(data))
+	r := &t.run
+	if r.kind != kind || r.space != space || r.off+r.n != off || (kind == runData && len(r.data)+len(data) > cap(r.data)) {
+		if err := t.flush(); err != nil {
+			return err
+		}
+		r.kind, r.space, r.off = kind, space, off
+	}
+	r.n += n
+	if kind == runData {
+		r.data = append(r.data, data...)
+	}
+	return nil
+}
+
+// flush writes the current run as one record.
+func (t *tracker) flush() error {
+	r := &t.run
+	if r.kind == runNone || r.n == 0 {
+		r.kind, r.n = runNone, 0
+		return nil
+	}
+	var err error
+	switch {
+	case r.kind == runData && r.space == format.SpaceMem:
+		err = t.w.WriteMem(r.off, r.data)
+		t.memBytes += r.n
+	case r.kind == runData:
+		err = t.w.WriteDisk(r.off, r.data)
+		t.diskBytes += r.n
+	case r.kind == runZero && r.space == format.SpaceMem:
+		err = t.w.WriteMemZero(r.off, r.n)
+	case r.kind == runZero:
+		err = t.w.WriteDiskZero(r.off, r.n)
+	default:
+		src := format.SourceBaseMem
+		if r.space == format.SpaceDisk {
+			src = format.SourceBaseDisk
+		}
+		err = t.w.WriteCopy(format.Copy{Space: r.space, Source: src, Offset: r.off, SourceOffset: r.off, Length: r.n})
+	}
+	if r.kind == runData {
+		t.sent += r.n
+	} else {
+		t.sent += 48
+	}
+	r.kind, r.n, r.data = runNone, 0, r.data[:0]
+	return err
+}
