@@ -14,6 +14,7 @@ import (
 	"cloudlet/lib/handoff"
 	"cloudlet/lib/instance"
 	"cloudlet/lib/resume"
+	"cloudlet/lib/virt"
 
 	"github.com/urfave/cli/v2"
 )
@@ -43,10 +44,12 @@ and leaves the source running; the stream then ends in an ERROR record.`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var runDir, baseDir, catalog, codecName, to, statsFile string
+	var rem remote
 	var downtime time.Duration
 	var bandwidth float64
 	var maxPasses int
 	var cancelIt bool
+	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
 	app := cliutil.NewApp("vm-handoff", "move a running synthesized VM to another cloudlet, live",
 		"vm-handoff --run RUN [--to CMD] [--downtime D] [--bandwidth MBIT] > stream", description,
 		[]cli.Flag{
@@ -58,6 +61,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			&cli.IntFlag{Name: "max-passes", Usage: "switch over after this many passes even if they did not converge", Value: handoff.DefaultMaxPasses, Destination: &maxPasses},
 			&cli.StringFlag{Name: "codec", Usage: "zstd, xz or auto (chosen for the link's rate)", Value: "auto", Destination: &codecName},
 			&cli.StringFlag{Name: "to", Usage: "destination command (run with sh -c) that reads the stream: the source ends only if it exits 0", Destination: &to},
+			&cli.StringFlag{Name: "remote", Usage: "destination cloudlet [USER@]HOST: the stream goes to overlay-apply | vm-resume there, over ssh (instead of --to)", Destination: &rem.host},
+			&cli.StringFlag{Name: "ssh-opts", Usage: "with --remote: ssh options (words)", Destination: &rem.sshOpts},
+			&cli.StringFlag{Name: "remote-bin", Usage: "with --remote: the folder of the tools there (default: the folder of this vm-handoff)", Destination: &rem.bin},
+			&cli.StringFlag{Name: "remote-catalog", Usage: "with --remote: the catalog file there (default: its own default)", Destination: &rem.catalog},
+			&cli.StringSliceFlag{Name: "forward", Usage: "with --remote: port forward tcp:[ADDR:]HOST:GUEST on the destination (default: the source's guest ports, on free host ports)", Destination: &rem.forwards},
+			&cli.StringFlag{Name: "net", Usage: "with --remote: the destination's network policy (default: the source's)", Destination: &rem.net},
+			&cli.StringFlag{Name: "libvirt", Usage: "with --remote: run the VM there as a libvirt domain at this URI (--libvirt alone: " + virt.DefaultURI + ")", Destination: &rem.libvirt},
 			cliutil.Path(&cli.StringFlag{Name: "stats", Usage: "write the handoff's figures (JSON) to this file", Destination: &statsFile}),
 			&cli.BoolFlag{Name: "cancel", Usage: "let a source that a handoff left paused run again", Destination: &cancelIt},
 			cliutil.ForceFlag,
@@ -75,6 +85,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}
 			if downtime <= 0 || bandwidth < 0 || maxPasses < 2 {
 				return cliutil.Usagef("--downtime must be positive, --bandwidth not negative, --max-passes at least 2")
+			}
+			if rem.host != "" {
+				if to != "" {
+					return cliutil.Usagef("--to and --remote exclude each other")
+				}
+				if to, err = rem.command(info); err != nil {
+					return err
+				}
+			} else if rem.sshOpts != "" || rem.bin != "" || rem.catalog != "" || len(rem.forwards.Value()) > 0 || rem.net != "" || rem.libvirt != "" {
+				return cliutil.Usagef("--ssh-opts, --remote-bin, --remote-catalog, --forward, --net and --libvirt go with --remote")
 			}
 			if to == "" {
 				if err := cliutil.CheckStdout(stdout, c.Bool("force")); err != nil {
