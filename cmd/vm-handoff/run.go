@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"cloudlet/lib/base"
@@ -50,6 +52,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var maxPasses int
 	var cancelIt bool
 	args = cliutil.OptionalValue(args, "libvirt", virt.DefaultURI)
+	// A broken link is an error to handle (cancel, the source runs on),
+	// not a signal that ends this process with the source paused.
+	signal.Ignore(syscall.SIGPIPE)
 	app := cliutil.NewApp("vm-handoff", "move a running synthesized VM to another cloudlet, live",
 		"vm-handoff --run RUN [--to CMD] [--downtime D] [--bandwidth MBIT] > stream", description,
 		[]cli.Flag{

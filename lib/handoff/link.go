@@ -20,6 +20,7 @@ type link struct {
 	est      float64
 	lastN    uint64
 	lastBusy time.Duration
+	lastAt   time.Time
 }
 
 // defaultRate is assumed until enough was written to measure (25 Mbit/s).
@@ -42,24 +43,34 @@ func (l *link) written() uint64 {
 	return l.n
 }
 
-// rate returns the link's rate in bytes/s: the given one, or the measured
-// one, updated from the bytes and blocked time since the last call once
-// at least 64 KiB went out (an average weighted to the recent windows).
+// rate returns the link's rate in bytes/s: the given one, or the one
+// measured since the last call once at least 64 KiB went out (an average
+// weighted to the recent windows). A window in which writes blocked most
+// of the time is link-bound: bytes over the window's length. Otherwise the
+// link kept up, and bytes over the blocked time says how much faster it is.
 func (l *link) rate() float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.given > 0 {
 		return l.given
 	}
-	dn, db := l.n-l.lastN, l.busy-l.lastBusy
+	now := time.Now()
+	if l.lastAt.IsZero() {
+		l.lastAt = now
+	}
+	dn, db, dt := l.n-l.lastN, l.busy-l.lastBusy, now.Sub(l.lastAt)
 	if dn >= 64<<10 && db > 0 {
-		r := float64(dn) / db.Seconds()
+		d := db
+		if db >= dt/2 {
+			d = max(dt, db)
+		}
+		r := float64(dn) / d.Seconds()
 		if l.est == 0 {
 			l.est = r
 		} else {
 			l.est = 0.5*l.est + 0.5*r
 		}
-		l.lastN, l.lastBusy = l.n, l.busy
+		l.lastN, l.lastBusy, l.lastAt = l.n, l.busy, now
 	}
 	if l.est == 0 {
 		return defaultRate
