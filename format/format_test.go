@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"testing/iotest"
 )
@@ -296,6 +297,66 @@ func TestValidateDesc(t *testing.T) {
 		mod(&h.VM)
 		if err := h.Validate(); !errors.Is(err, ErrMalformed) {
 			t.Errorf("Validate(%+v) = %v; want ErrMalformed", h.VM, err)
+		}
+	}
+}
+
+// TestLive: a live (handoff) stream may write a range again, the latest
+// record winning; it may not have a MANIFEST or COPY from itself; only diff
+// and overlay streams relative to the base are live.
+func TestLive(t *testing.T) {
+	live := func() *Header {
+		h := testHeader(KindDiff)
+		h.MemRelative, h.Live = true, true
+		return h
+	}
+	stream := func(h *Header, body func(w *Writer)) []byte {
+		var buf bytes.Buffer
+		w := NewWriter(&buf)
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		body(w)
+		w.Close()
+		return buf.Bytes()
+	}
+	passes := stream(live(), func(w *Writer) {
+		w.WriteMem(0, page(1))
+		w.WriteDisk(0, page(2))
+		w.WriteMem(0, page(3)) // pass 2
+		w.WriteMemZero(0, 2*PageSize)
+		w.WriteDiskZero(512, 512)
+		w.WriteCopy(Copy{Space: SpaceMem, Source: SourceBaseMem, Offset: 0, SourceOffset: 0, Length: PageSize})
+	})
+	if _, err := readAll(NewReader(bytes.NewReader(passes))); err != nil {
+		t.Errorf("a live stream writing ranges again: %v", err)
+	}
+	notLive := testHeader(KindDiff)
+	notLive.MemRelative = true
+	if _, err := readAll(NewReader(bytes.NewReader(stream(notLive, func(w *Writer) {
+		w.WriteMem(0, page(1))
+		w.WriteMem(0, page(3))
+	})))); !errors.Is(err, ErrOverlap) {
+		t.Errorf("the same without live: %v, want ErrOverlap", err)
+	}
+	selfCopy := stream(live(), func(w *Writer) {
+		w.WriteMem(0, page(1))
+		w.WriteCopy(Copy{Space: SpaceMem, Source: SourceStreamMem, Offset: PageSize, SourceOffset: 0, Length: PageSize})
+	})
+	if _, err := readAll(NewReader(bytes.NewReader(selfCopy))); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "live") {
+		t.Errorf("COPY from the stream in a live stream: %v, want a refusal naming live", err)
+	}
+	withManifest := stream(live(), func(w *Writer) {
+		w.WriteMeta(TypeManifest, Manifest{Mem: [][2]uint64{{0, PageSize}}})
+		w.WriteMem(0, page(1))
+	})
+	if _, err := readAll(NewReader(bytes.NewReader(withManifest))); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "live") {
+		t.Errorf("MANIFEST in a live stream: %v, want a refusal naming live", err)
+	}
+	for _, h := range []*Header{testHeader(KindFull), func() *Header { h := testHeader(KindDiff); h.Live = true; return h }()} {
+		h.Live = true
+		if err := h.Validate(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("live %s stream (mem_relative %v): Validate = %v, want ErrMalformed", h.Kind, h.MemRelative, err)
 		}
 	}
 }

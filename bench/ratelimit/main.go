@@ -54,24 +54,28 @@ func main() {
 	}
 }
 
-// copyLimited copies r to w so that after t seconds at most bps*t + burst
-// bytes have been written.
+// copyLimited copies r to w through a token bucket of burst bytes filled
+// at bps: a write waits until the bucket holds its bytes, and an idle link
+// saves up at most burst bytes (a link does not send faster later for
+// having been idle before).
 func copyLimited(w io.Writer, r io.Reader, bps float64, burst int) error {
 	buf := make([]byte, burst)
-	start := time.Now()
-	var sent float64
+	tokens, last := float64(burst), time.Now()
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			// Wait until the bucket holds n tokens.
-			due := start.Add(time.Duration((sent + float64(n) - float64(burst)) / bps * float64(time.Second)))
-			if d := time.Until(due); d > 0 {
+			now := time.Now()
+			tokens = min(float64(burst), tokens+now.Sub(last).Seconds()*bps)
+			last = now
+			if tokens < float64(n) {
+				d := time.Duration((float64(n) - tokens) / bps * float64(time.Second))
 				time.Sleep(d)
+				tokens, last = float64(n), last.Add(d)
 			}
+			tokens -= float64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			sent += float64(n)
 		}
 		if err == io.EOF {
 			return nil

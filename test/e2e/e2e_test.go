@@ -85,13 +85,13 @@ func leftovers(pattern string) []int {
 // env is one test's world: a work folder holding the catalog, the run
 // folders, the base and the overlays.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	kit guesttest.GuestKit
 	env []string // more environment, after (and over) environ's
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	kit := guesttest.Kit(t)
 	guesttest.RequireQEMU(t)
 	dir, err := os.MkdirTemp("", filepath.Base(workPrefix))
@@ -199,7 +199,7 @@ type instance struct {
 	} `json:"listener"`
 }
 
-func parseInstance(t *testing.T, s string) instance {
+func parseInstance(t testing.TB, s string) instance {
 	t.Helper()
 	var in instance
 	if err := json.Unmarshal([]byte(s), &in); err != nil {

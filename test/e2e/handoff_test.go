@@ -19,7 +19,7 @@ import (
 var ratelimitOnce sync.Once
 
 // ratelimit builds bench/ratelimit (a link of a given rate) into binDir.
-func ratelimit(t *testing.T) {
+func ratelimit(t testing.TB) {
 	t.Helper()
 	var err error
 	ratelimitOnce.Do(func() {

@@ -266,7 +266,7 @@ func plainOnly(t *testing.T, what, stderr string) {
 // slowLink relays TCP connections to target at about rate bytes per second
 // in the upload direction (a small receive buffer, so the kernel does not
 // take it all at once), keeping the half-close the listener relies on.
-func slowLink(t *testing.T, target string, rate int) string {
+func slowLink(t testing.TB, target string, rate int) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
