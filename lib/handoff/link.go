@@ -2,37 +2,30 @@ package handoff
 
 import (
 	"io"
+	"slices"
 	"sync"
 	"time"
 )
 
-// link is the handoff's output, metered: the bytes written and the time
-// spent inside Write, which a slow link (or a rate limiter) blocks. So
-// bytes per second of blocked time is the link's rate once its buffers are
-// full, and a fast link shows as a fast rate.
+// link is the handoff's output, metered: the bytes written, per window.
 type link struct {
-	w    io.Writer
-	mu   sync.Mutex
-	n    uint64        // bytes written
-	busy time.Duration // time inside Write
+	w  io.Writer
+	mu sync.Mutex
+	n  uint64 // bytes written
 	// rate estimate, bytes/s: the given one, else measured per window
-	given    float64
-	est      float64
-	lastN    uint64
-	lastBusy time.Duration
-	lastAt   time.Time
+	given  float64
+	recent []float64 // the last windows' rates
+	lastN  uint64
+	lastAt time.Time
 }
 
 // defaultRate is assumed until enough was written to measure (25 Mbit/s).
 const defaultRate = 25e6 / 8
 
 func (l *link) Write(p []byte) (int, error) {
-	t := time.Now()
 	n, err := l.w.Write(p)
-	d := time.Since(t)
 	l.mu.Lock()
 	l.n += uint64(n)
-	l.busy += d
 	l.mu.Unlock()
 	return n, err
 }
@@ -43,11 +36,13 @@ func (l *link) written() uint64 {
 	return l.n
 }
 
-// rate returns the link's rate in bytes/s: the given one, or the one
-// measured since the last call once at least 64 KiB went out (an average
-// weighted to the recent windows). A window in which writes blocked most
-// of the time is link-bound: bytes over the window's length. Otherwise the
-// link kept up, and bytes over the blocked time says how much faster it is.
+// rate returns the link's rate in bytes/s: the given one, or the largest
+// of the recent windows' bytes over their length (windows of at least
+// 250 ms and 64 KiB). A window in which the link was not kept busy shows
+// less than the link can do, never more, so the estimate errs towards a
+// longer pause estimate (another pass), not a longer pause. Writes into a
+// pipe return as soon as the pipe takes them, so their blocked time says
+// nothing when the pipe had room.
 func (l *link) rate() float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -58,22 +53,15 @@ func (l *link) rate() float64 {
 	if l.lastAt.IsZero() {
 		l.lastAt = now
 	}
-	dn, db, dt := l.n-l.lastN, l.busy-l.lastBusy, now.Sub(l.lastAt)
-	if dn >= 64<<10 && db > 0 {
-		d := db
-		if db >= dt/2 {
-			d = max(dt, db)
+	if dn, dt := l.n-l.lastN, now.Sub(l.lastAt); dn >= 64<<10 && dt >= 250*time.Millisecond {
+		l.recent = append(l.recent, float64(dn)/dt.Seconds())
+		if len(l.recent) > 8 {
+			l.recent = l.recent[1:]
 		}
-		r := float64(dn) / d.Seconds()
-		if l.est == 0 {
-			l.est = r
-		} else {
-			l.est = 0.5*l.est + 0.5*r
-		}
-		l.lastN, l.lastBusy, l.lastAt = l.n, l.busy, now
+		l.lastN, l.lastAt = l.n, now
 	}
-	if l.est == 0 {
+	if len(l.recent) == 0 {
 		return defaultRate
 	}
-	return l.est
+	return slices.Max(l.recent)
 }

@@ -47,6 +47,9 @@ const (
 	// segmentSize keeps little in the packer: what it holds is sent only
 	// when its segment is full (or at END).
 	segmentSize = 256 << 10
+	// inPacker is how many segments may wait in the packer (one filling,
+	// its one worker's queue of Workers+2).
+	inPacker = 4
 	// resumeCost is what the destination adds to the downtime after the
 	// last byte (applying the device state, cont), in the estimate.
 	resumeCost = 150 * time.Millisecond
@@ -298,16 +301,19 @@ func (s *sender) otherPages() []migstream.Page {
 }
 
 // control watches the passes and chooses the switchover: when the last
-// pass's bytes, and what is still queued, fit the downtime at the link's
-// rate; or after MaxPasses; or when passes stopped shrinking. At the
-// pause before the switchover it sends the disk's final pass, then lets
-// QEMU complete.
+// pass's bytes, and what may still wait in the packer, fit the downtime at
+// the link's rate; or after MaxPasses; or when passes stopped shrinking.
+// The disk goes along: a disk pass when a memory pass ended, at most once a
+// second. At the pause before the switchover it sends the disk's last
+// changes, then lets QEMU complete.
 func (s *sender) control(ctx context.Context) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	top := s.opt.Instance.DiskTop
 	var sync0 int64 = 1
 	var passStart uint64
 	var passes []uint64 // bytes of each completed pass after the first
+	lastDisk := time.Now()
 	switched := false
 	for {
 		select {
@@ -334,6 +340,12 @@ func (s *sender) control(ctx context.Context) error {
 			continue
 		}
 		// One or more passes ended.
+		if top != "" && time.Since(lastDisk) >= time.Second {
+			if err := s.diskPass(ctx, top); err != nil {
+				s.log("disk pass: %v (the final pass sends the disk)", err)
+			}
+			lastDisk = time.Now()
+		}
 		now := s.raw.Load()
 		if sync0 > 1 {
 			passes = append(passes, now-passStart)
@@ -344,11 +356,13 @@ func (s *sender) control(ctx context.Context) error {
 			continue
 		}
 		rate := s.l.rate()
-		ratio := 1.0
+		ratio := 1.0 // compressed / raw, so far
 		if now > 0 {
-			ratio = min(1, max(0.05, float64(s.l.written())/float64(now)))
+			ratio = min(1, max(0.01, float64(s.l.written())/float64(now)))
 		}
-		backlog := max(0, float64(now)*ratio-float64(s.l.written()))
+		// What may wait in the packer: the segment it fills and those its
+		// worker queue holds.
+		backlog := float64(inPacker*segmentSize) * ratio
 		last := float64(passes[len(passes)-1]) * ratio
 		est := time.Duration((last+backlog)/rate*float64(time.Second)) + resumeCost
 		minAt := 0
@@ -361,8 +375,8 @@ func (s *sender) control(ctx context.Context) error {
 		if est <= s.opt.Downtime || int(sync0) >= s.opt.MaxPasses || stalled {
 			s.st.Converged = est <= s.opt.Downtime
 			s.st.Expected, s.st.LinkMbit = est.Seconds(), rate*8/1e6
-			s.log("switchover after pass %d: last pass %d bytes, queued %.0f, link %.1f Mbit/s, expected downtime %.2f s (converged %v)",
-				sync0-1, passes[len(passes)-1], backlog, rate*8/1e6, est.Seconds(), s.st.Converged)
+			s.log("switchover after pass %d: last pass %d bytes raw, link %.1f Mbit/s, ratio %.2f, expected pause %.2f s (converged %v)",
+				sync0-1, passes[len(passes)-1], rate*8/1e6, ratio, est.Seconds(), s.st.Converged)
 			if err := s.c.SetMigrationParameters(ctx, map[string]any{"downtime-limit": 2000000}); err != nil {
 				return err
 			}

@@ -28,8 +28,9 @@ type AutoChoice struct {
 	// Seconds is the synthesis time per raw MB: the larger of sending it
 	// (Ratio / bandwidth) and decoding it on the cloudlet's cores, since
 	// overlay-apply decodes segments while the next ones arrive; for a
-	// live stream (PackOptions.Live) also of encoding it on the packer's
-	// workers, which then run while the link waits.
+	// live stream (PackOptions.Live) plus encoding it on the packer's
+	// workers (the CPU the running VM needs too; the final segment's
+	// encoding adds to the pause).
 	Seconds float64
 	comp    [][]byte // the sample's segments, compressed
 }
@@ -78,7 +79,9 @@ func planAuto(raw [][]byte, bandwidth float64, cores, live int) ([]AutoChoice, e
 		c := &out[i]
 		c.Seconds = max(c.Ratio/bps, 1/(c.Decode*float64(max(cores, 1)))) * 1e6
 		if live > 0 {
-			c.Seconds = max(c.Seconds, 1e6/(c.Encode*float64(live)))
+			// The encoding competes with the running VM for the CPU,
+			// and the last segment is encoded, then sent: its time adds.
+			c.Seconds += 1e6 / (c.Encode * float64(live))
 		}
 	}
 	slices.SortStableFunc(out, func(a, b AutoChoice) int {

@@ -428,8 +428,8 @@ func TestAutoPicksByBandwidth(t *testing.T) {
 			t.Errorf("live at 25 Mbit/s: %s (%.1f ms/MB) ranked after %s (%.1f)", c, c.Seconds, live[0], live[0].Seconds)
 		}
 	}
-	if live[0].Seconds < 1e6/live[0].Encode {
-		t.Errorf("live plan ignores the encoding: %s takes %.1f ms/MB to encode, planned at %.1f", live[0], 1e3/live[0].Encode*1e3, live[0].Seconds)
+	if want := 1e6 / live[0].Encode; live[0].Seconds < want {
+		t.Errorf("live plan ignores the encoding: %s takes %.1f ms/MB to encode, planned at %.1f", live[0], want, live[0].Seconds)
 	}
 	if s := describePlan(fast, 1e6, 2, 2<<20, 2); !strings.Contains(s, "chose zstd") || strings.Count(s, "\n") != len(fast)+1 {
 		t.Errorf("describePlan = %q; want the choice and one line per candidate", s)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,10 +116,18 @@ func BenchmarkHandoff(b *testing.B) {
 func firstAnswer(port int, within time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(within)
 	for {
-		if _, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/count", port), 0); err == nil {
+		// Short tries, each a new connection: one left waiting while the
+		// guest is not running yet would get its answer only at user-mode
+		// networking's next SYN retry, seconds later.
+		c := &http.Client{Timeout: 100 * time.Millisecond}
+		if resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/count", port)); err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
 			return time.Now(), nil
-		} else if time.Now().After(deadline) {
-			return time.Time{}, err
+		} else if err == nil {
+			resp.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("port %d: no answer within %s", port, within)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -146,6 +155,11 @@ func (e *env) benchVMHandoff(a instance, mbit, pb, n int) handoffRun {
 		b.Fatalf("vm-handoff at %d Mbit/s: exit %d\n%s", mbit, code, stderr)
 	}
 	at := <-answered
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Contains(line, "switchover") || strings.Contains(line, "paused") || strings.Contains(line, "chose") {
+			fmt.Fprintf(os.Stderr, "bench:   %s\n", line)
+		}
+	}
 	var st struct {
 		Wire    int64 `json:"wire_bytes"`
 		Stopped int64 `json:"stopped_unix_ns"`
