@@ -59,6 +59,8 @@ bench: deps build kit
 	PATH=$(BIN):$$PATH bash scripts/libvirt-bench.sh
 	# crafted inputs at full size (issue 32): CPU seconds, peak disk and output per MB of input against a real overlay's
 	set -o pipefail; $(GO) test -count=1 -run XXX -bench Hostile -benchtime 1x -timeout 30m ./test/hostile/ | tee bench/hostile.txt
+	# live handoff (issue 26): vm-handoff against stop-and-copy and stock QEMU migration at 10, 25, 100 Mbit/s
+	set -o pipefail; $(GO) test -count=1 -run XXX -bench Handoff -benchtime 1x -timeout 90m ./test/e2e/ | tee bench/handoff.txt
 	# the load test: 8 clients synthesize one overlay through the listener at once
 	PATH=$(BIN):$$PATH CLOUDLET_LOAD_CLIENTS=8 $(GO) test -count=1 -v -run 'TestSynthesisEndToEnd/tcp-many-at-once' ./test/e2e/
 

@@ -20,9 +20,9 @@ type Header struct {
 	MemRelative bool `msgpack:"mem_relative" json:"mem_relative"`
 	// Live marks a handoff stream (vm-handoff): it is sent while the VM
 	// still runs, in passes, so a later record may write a range an
-	// earlier one wrote, and the latest wins (SPEC.md section 5, item 3).
-	// Only diff and overlay streams with mem_relative; no MANIFEST and no
-	// COPY from this stream.
+	// earlier one wrote, and the latest wins (SPEC.md section 5, item 3);
+	// a COPY from this stream reads what the records before it left
+	// there. Only diff and overlay streams with mem_relative; no MANIFEST.
 	Live bool `msgpack:"live,omitempty" json:"live,omitempty"`
 }
 

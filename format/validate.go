@@ -73,7 +73,8 @@ func (v *Validator) claim(sp uint8, off, length uint64) error {
 		return err
 	}
 	if v.h.Live {
-		return nil // written again in a later pass: the latest wins
+		set.Add(off, off+length) // written again in a later pass: the latest wins
+		return nil
 	}
 	if !set.Insert(off, off+length) {
 		return fmt.Errorf("%w: %s %d+%d", ErrOverlap, name, off, length)
@@ -161,9 +162,6 @@ func (v *Validator) Check(r *Record) error {
 		}
 		if err := span(c.SourceOffset, c.Length, align, limit, "COPY source"); err != nil {
 			return err
-		}
-		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && v.h.Live {
-			return fmt.Errorf("%w: COPY from this stream in a live stream (its ranges change from pass to pass)", ErrMalformed)
 		}
 		if (c.Source == SourceStreamMem || c.Source == SourceStreamDisk) && !src.Covers(c.SourceOffset, c.SourceOffset+c.Length) {
 			return fmt.Errorf("%w: source %d+%d", ErrDanglingCopy, c.SourceOffset, c.Length)

@@ -33,9 +33,16 @@ type tracker struct {
 	disk map[uint64]uint64
 	buf  []byte // a base page or block
 	run  run    // records are coalesced while contiguous
+	// held finds a place where the destination holds a given content that
+	// this stream sent (memory or disk, a whole page), so the same content
+	// elsewhere goes as a COPY from there: the page cache of a file and
+	// its disk blocks, a file and its copy. Checked against mem and disk
+	// when used (the place may have changed since).
+	held map[uint64]place
 
 	// counted per space: raw data bytes written and records
 	memBytes, diskBytes uint64
+	copied              uint64 // bytes sent as copies of what the destination holds
 	sent                uint64 // bytes given to w (frames' payloads, roughly)
 }
 
@@ -45,7 +52,22 @@ const (
 	runData
 	runZero
 	runBase // back to the base's content at the same offset
+	runCopy // a copy of what the destination holds elsewhere (run.from)
 )
+
+// place is a page of memory or disk.
+type place struct {
+	space uint8
+	off   uint64
+}
+
+// holds reports whether the destination holds content h at p.
+func (t *tracker) holds(p place, h uint64) bool {
+	if p.space == format.SpaceMem {
+		return p.off/format.PageSize < uint64(len(t.mem)) && t.mem[p.off/format.PageSize] == h
+	}
+	return t.disk[p.off] == h
+}
 
 type run struct {
 	kind  int
@@ -53,11 +75,12 @@ type run struct {
 	off   uint64
 	n     uint64
 	data  []byte
+	from  place // runCopy: where the run's first page comes from
 }
 
 func newTracker(w *format.Writer, b baseReader, memSize uint64) *tracker {
 	return &tracker{w: w, base: b, mem: make([]uint64, memSize/format.PageSize), disk: map[uint64]uint64{},
-		buf: make([]byte, format.PageSize), run: run{data: make([]byte, 0, format.MaxRecordData)}}
+		buf: make([]byte, format.PageSize), run: run{data: make([]byte, 0, format.MaxRecordData)}, held: map[uint64]place{}}
 }
 
 // page shows the destination the content of guest page off.
@@ -71,7 +94,19 @@ func (t *tracker) page(off uint64, data []byte) error {
 		return err
 	}
 	t.mem[i] = h
-	return t.add(kind, format.SpaceMem, off, data)
+	return t.send(kind, h, place{format.SpaceMem, off}, data)
+}
+
+// send writes data (of hash h) at p as a COPY when the destination holds
+// the same content elsewhere, else as decided.
+func (t *tracker) send(kind int, h uint64, p place, data []byte) error {
+	if kind == runData && len(data) == format.PageSize {
+		if from, ok := t.held[h]; ok && from != p && t.holds(from, h) {
+			return t.addCopy(p, from)
+		}
+		t.held[h] = p
+	}
+	return t.add(kind, p.space, p.off, data)
 }
 
 // block shows the destination the content of the disk block at off (a
@@ -86,7 +121,7 @@ func (t *tracker) block(off uint64, data []byte) error {
 	} else {
 		t.disk[off] = h
 	}
-	return t.add(kind, format.SpaceDisk, off, data)
+	return t.send(kind, h, place{format.SpaceDisk, off}, data)
 }
 
 // decide says what to send for data at off, given what the destination
@@ -152,6 +187,21 @@ func (t *tracker) add(kind int, space uint8, off uint64, data []byte) error {
 	return nil
 }
 
+// addCopy extends the current copy run (contiguous target and source) or
+// starts one; a run of data before it is written first, so what the copy
+// reads has arrived.
+func (t *tracker) addCopy(to, from place) error {
+	r := &t.run
+	if r.kind != runCopy || r.space != to.space || r.off+r.n != to.off || r.from.space != from.space || r.from.off+r.n != from.off {
+		if err := t.flush(); err != nil {
+			return err
+		}
+		r.kind, r.space, r.off, r.from = runCopy, to.space, to.off, from
+	}
+	r.n += format.PageSize
+	return nil
+}
+
 // flush writes the current run as one record.
 func (t *tracker) flush() error {
 	r := &t.run
@@ -171,6 +221,13 @@ func (t *tracker) flush() error {
 		err = t.w.WriteMemZero(r.off, r.n)
 	case r.kind == runZero:
 		err = t.w.WriteDiskZero(r.off, r.n)
+	case r.kind == runCopy:
+		src := format.SourceStreamMem
+		if r.from.space == format.SpaceDisk {
+			src = format.SourceStreamDisk
+		}
+		err = t.w.WriteCopy(format.Copy{Space: r.space, Source: src, Offset: r.off, SourceOffset: r.from.off, Length: r.n})
+		t.copied += r.n
 	default:
 		src := format.SourceBaseMem
 		if r.space == format.SpaceDisk {

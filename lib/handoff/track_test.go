@@ -18,8 +18,9 @@ func fill(c byte) []byte { return bytes.Repeat([]byte{c}, format.PageSize) }
 
 // TestTracker: a page or block goes out only when it differs from what the
 // destination holds: the base at first, then the latest version sent; back
-// to the base's content it goes out as a COPY from the base; zero as a
-// zero record. Records are coalesced while contiguous.
+// to the base's content it goes out as a COPY from the base, and as a COPY
+// from the stream when the destination holds it elsewhere; zero as a zero
+// record. Records are coalesced while contiguous.
 func TestTracker(t *testing.T) {
 	const pages = 8
 	b := memBase{mem: make([]byte, pages*format.PageSize), disk: make([]byte, pages*format.PageSize)}
@@ -51,6 +52,9 @@ func TestTracker(t *testing.T) {
 		func() error { return tr.page(3*P, b.mem[3*P:4*P]) },
 		func() error { return tr.page(0, fill(4)) },
 		func() error { return tr.block(0, b.disk[:P]) },
+		// Content the destination holds elsewhere: copied from there.
+		func() error { return tr.page(5*P, fill(1)) }, // as page 2
+		func() error { return tr.block(P, fill(4)) },  // as page 0
 		tr.flush,
 	}
 	for i, s := range steps {
@@ -81,10 +85,14 @@ func TestTracker(t *testing.T) {
 			got = append(got, rec.Type.String()+" "+itoa(off/P)+"+"+itoa(n/P))
 		case format.TypeCopy:
 			c, _ := rec.CopyRecord()
-			got = append(got, "COPY "+itoa(uint64(c.Space))+"<-"+itoa(uint64(c.Source))+" "+itoa(c.Offset/P)+"+"+itoa(c.Length/P))
+			cp := "COPY " + itoa(uint64(c.Space)) + "<-" + itoa(uint64(c.Source)) + " " + itoa(c.Offset/P) + "+" + itoa(c.Length/P)
+			if c.Source >= format.SourceStreamMem {
+				cp += " from " + itoa(c.SourceOffset/P)
+			}
+			got = append(got, cp)
 		}
 	}
-	want := []string{"MEM 2+2", "MEM_ZERO 4+1", "DISK 0+1", "COPY 1<-1 3+1", "MEM 0+1", "COPY 2<-2 0+1"}
+	want := []string{"MEM 2+2", "MEM_ZERO 4+1", "DISK 0+1", "COPY 1<-1 3+1", "MEM 0+1", "COPY 2<-2 0+1", "COPY 1<-3 5+1 from 2", "COPY 2<-3 1+1 from 0"}
 	if len(got) != len(want) {
 		t.Fatalf("records %q, want %q", got, want)
 	}

@@ -201,5 +201,33 @@ func TestHandoff(t *testing.T) {
 	if bad != 0 || n <= n0 || n0 == 0 {
 		t.Errorf("disk log on the destination: %d lines (%d before the handoff), %d out of sequence", n, n0, bad)
 	}
-	e.stop(b)
+
+	// 5. The front end, over ssh: the new instance's JSON with a free host
+	// port for guest port 80 and the source's network policy; the page
+	// answers there and the counter goes on.
+	sshOpts := startSSHD(t, e.path("ssh"))
+	cb, err := count(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := e.cloudlet("handoff", b.RunDir, "--remote", "root@127.0.0.1", "--ssh-opts", sshOpts, "--remote-bin", binDir, "--remote-catalog", e.path("catalog.json"))
+	c := parseInstance(t, js)
+	defer e.stop(c)
+	var cnet struct {
+		Net string `json:"net"`
+	}
+	json.Unmarshal([]byte(js), &cnet)
+	if len(c.Forwards) != 1 || c.Forwards[0].GuestPort != 80 || c.Forwards[0].HostPort == 0 || cnet.Net != "isolated" || c.BaseID != baseID {
+		t.Fatalf("cloudlet handoff --remote: instance %s; want guest port 80 forwarded, policy isolated, base %s", js, baseID)
+	}
+	if _, err := os.Stat(b.RunDir); !os.IsNotExist(err) {
+		t.Errorf("the source %s is still there after cloudlet handoff", b.RunDir)
+	}
+	page, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/index.html", c.Forwards[0].HostPort), 30*time.Second)
+	if err != nil || strings.TrimSpace(page) != pageFor(baseID) {
+		t.Errorf("page after cloudlet handoff: %q, %v", page, err)
+	}
+	if cc, err := count(c.Forwards[0].HostPort); err != nil || cc < cb {
+		t.Errorf("counter after cloudlet handoff: %d (%v), was %d before", cc, err, cb)
+	}
 }
