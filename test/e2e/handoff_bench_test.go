@@ -261,8 +261,9 @@ func (e *env) benchQEMUMigrate(a instance, mbit, pb, n int, patience time.Durati
 	note := ""
 	wctx, cancel := context.WithTimeout(ctx, patience)
 	err = sc.WaitMigration(wctx)
+	timedOut := wctx.Err() == context.DeadlineExceeded
 	cancel()
-	if wctx.Err() != nil {
+	if timedOut {
 		note = fmt.Sprintf("did not converge in %.0f s: switchover forced; ", patience.Seconds())
 		if err := sc.SetMigrationParameters(ctx, map[string]any{"downtime-limit": 2000000}); err != nil {
 			b.Fatal(err)
