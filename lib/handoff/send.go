@@ -122,6 +122,14 @@ func Send(ctx context.Context, opt Options, out io.Writer) (st *Stats, err error
 	pr, pw := io.Pipe()
 	dw := format.NewWriter(pw)
 	packed := make(chan error, 1)
+	var packErr error
+	packDone := false
+	waitPack := func() error { // once
+		if !packDone {
+			packErr, packDone = <-packed, true
+		}
+		return packErr
+	}
 	go func() {
 		err := overlay.Pack(ctx, format.NewReader(pr), ow, overlay.PackOptions{Codec: opt.Codec, NoManifest: true,
 			SegmentSize: segmentSize, Bandwidth: l.rate() * 8 / 1e6, Producer: "vm-handoff", Workers: 1, Log: opt.Log, Live: true})
@@ -129,13 +137,15 @@ func Send(ctx context.Context, opt Options, out io.Writer) (st *Stats, err error
 		packed <- err
 	}()
 	h := &format.Header{Kind: format.KindDiff, VM: in.VM, BaseID: in.BaseID, Producer: []string{"vm-handoff"}, MemRelative: true, Live: true}
-	h.VM.IgnoreShared = false // (vm-resume recorded the forwards it runs with)
+	// The private base mapping goes through migration; in.VM.Forwards are
+	// the forwards the instance runs with (vm-resume recorded them).
+	h.VM.IgnoreShared = false
 	s := &sender{opt: opt, c: c, l: l, st: st, tr: newTracker(dw, opt.Base, in.VM.MemSize), others: map[otherKey][]byte{}}
 	defer func() {
 		if err != nil {
 			s.abort(context.WithoutCancel(ctx))
 			pw.CloseWithError(err)
-			<-packed
+			waitPack()
 			ow.WriteError("vm-handoff", err.Error())
 		}
 		st.WireBytes = l.written()
@@ -148,7 +158,7 @@ func Send(ctx context.Context, opt Options, out io.Writer) (st *Stats, err error
 		return st, err
 	}
 	pw.Close()
-	if err := <-packed; err != nil {
+	if err := waitPack(); err != nil {
 		return st, err
 	}
 	if err := ow.Close(); err != nil { // END
