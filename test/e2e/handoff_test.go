@@ -18,6 +18,7 @@ import (
 	"cloudlet/format"
 	"cloudlet/lib/guestmem"
 	"cloudlet/lib/guesttest"
+	"cloudlet/lib/virt/virttest"
 )
 
 var ratelimitOnce sync.Once
@@ -226,7 +227,6 @@ func TestHandoff(t *testing.T) {
 	}
 	js := e.cloudlet("handoff", b.RunDir, "--remote", "root@127.0.0.1", "--ssh-opts", sshOpts, "--remote-bin", binDir, "--remote-catalog", e.path("catalog.json"))
 	c := parseInstance(t, js)
-	defer e.stop(c)
 	var cnet struct {
 		Net string `json:"net"`
 	}
@@ -241,8 +241,26 @@ func TestHandoff(t *testing.T) {
 	if err != nil || strings.TrimSpace(page) != pageFor(baseID) {
 		t.Errorf("page after cloudlet handoff: %q, %v", page, err)
 	}
-	if cc, err := count(c.Forwards[0].HostPort); err != nil || cc < cb {
+	cc, err := count(c.Forwards[0].HostPort)
+	if err != nil || cc < cb {
 		t.Errorf("counter after cloudlet handoff: %d (%v), was %d before", cc, err, cb)
+	}
+
+	// 6. Into a libvirt domain there (--libvirt): listed by libvirt, the
+	// page and the counter answer.
+	uri := virttest.Daemon(t, repoRoot)
+	js = e.cloudlet("handoff", c.RunDir, "--remote", "root@127.0.0.1", "--ssh-opts", sshOpts, "--remote-bin", binDir, "--remote-catalog", e.path("catalog.json"), "--libvirt", uri)
+	d := parseInstance(t, js)
+	defer e.stop(d)
+	dom := libvirtDomain(t, js)
+	if !domainListed(t, uri, dom) {
+		t.Errorf("domain %s is not listed by libvirt after the handoff", dom)
+	}
+	if page, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/index.html", d.Forwards[0].HostPort), 30*time.Second); err != nil || strings.TrimSpace(page) != pageFor(baseID) {
+		t.Errorf("page after the handoff into libvirt: %q, %v", page, err)
+	}
+	if cd, err := count(d.Forwards[0].HostPort); err != nil || cd < cc {
+		t.Errorf("counter after the handoff into libvirt: %d (%v), was %d before", cd, err, cc)
 	}
 }
 
