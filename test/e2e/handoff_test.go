@@ -58,13 +58,17 @@ func TestHandoff(t *testing.T) {
 	a := parseInstance(t, e.cloudlet("synthesis", ovl, "--name", "a", "--forward", fmt.Sprintf("tcp:%d:80", pa), "--run-dir", e.path("run", "a")))
 	e.console(a.RunDir, "clwork counter --file /www/count --interval 10ms >/dev/null 2>&1 &")
 	e.console(a.RunDir, "(i=0; while :; do echo $i >> /root/dlog; i=$((i+1)); sync; usleep 20000; done) >/dev/null 2>&1 &")
-	count := func(port int) (int64, error) {
-		s, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/count", port), 0)
+	// countIn reads the guest's counter through its page, trying for up
+	// to within (0: one try; a guest that just dropped its caches or
+	// keeps syncing may take seconds to serve a request under TCG).
+	countIn := func(port int, within time.Duration) (int64, error) {
+		s, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/count", port), within)
 		if err != nil {
 			return 0, err
 		}
 		return strconv.ParseInt(strings.TrimSpace(s), 10, 64)
 	}
+	count := func(port int) (int64, error) { return countIn(port, 20*time.Second) }
 	// The source runs on: its counter moves.
 	runsOn := func(what string) {
 		t.Helper()
@@ -152,7 +156,7 @@ func TestHandoff(t *testing.T) {
 				return
 			default:
 			}
-			if c, err := count(pa); err == nil {
+			if c, err := countIn(pa, 0); err == nil {
 				lastA, lastAt = c, time.Now()
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -164,7 +168,7 @@ func TestHandoff(t *testing.T) {
 	var firstB int64
 	var firstAt time.Time
 	for firstAt.IsZero() && time.Since(ended) < 30*time.Second {
-		if c, err := count(pb); err == nil {
+		if c, err := countIn(pb, 0); err == nil {
 			firstB, firstAt = c, time.Now()
 		}
 	}
