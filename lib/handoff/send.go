@@ -287,7 +287,7 @@ func (s *sender) run(ctx context.Context, dw *format.Writer) error {
 		return err
 	}
 	st := s.st
-	st.FinalRAM = time.Since(time.Unix(0, st.Stopped)).Seconds() - st.FinalDisk
+	st.FinalRAM = time.Since(time.Unix(0, st.Stopped)).Seconds() - st.FinalDisk - st.FinalScan
 	st.MemBytes, st.DiskBytes, st.Copied = s.tr.memBytes, s.tr.diskBytes, s.tr.copied
 	var devOut bytes.Buffer
 	if err := migstream.Inject(bytes.NewReader(dev.Bytes()), &devOut, migstream.SlicePages(s.otherPages())); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"cloudlet/format"
+	"cloudlet/lib/base"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -144,30 +145,16 @@ func (t *tracker) decide(space uint8, have uint64, off uint64, data []byte) (int
 	if err != nil {
 		return 0, 0, fmt.Errorf("reading the base at %d: %w", off, err)
 	}
+	same := bytes.Equal(b, data)
 	switch {
-	case bytes.Equal(b, data) && have == onBase:
+	case same && have == onBase:
 		return runNone, onBase, nil
-	case bytes.Equal(b, data):
+	case same:
 		return runBase, onBase, nil
-	case isZeroPage(data):
+	case base.IsZero(data):
 		return runZero, h, nil
 	}
 	return runData, h, nil
-}
-
-func isZeroPage(p []byte) bool {
-	for len(p) >= 8 {
-		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
-			return false
-		}
-		p = p[8:]
-	}
-	for _, c := range p {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // add extends the current run or starts a new one.
