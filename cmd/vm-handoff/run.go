@@ -28,9 +28,12 @@ any overlay. The first pass sends only what differs from the base (memory
 pages and the disk's top layer), later passes what the guest changed since
 (QEMU's own dirty tracking, read from a local socket), each compressed as
 overlay-pack --codec auto would for the link. vm-handoff measures the link
-(how long its writes block) and pauses the source when what is left fits
---downtime at that rate, or when the passes stop shrinking; the destination
-resumes the VM as soon as the last pass and the device state verified.
+(the most bytes per second it took in recent windows) and pauses the
+source when what is left fits --downtime at that rate, or when the passes
+stop shrinking. While the source is paused it sends the disk's last
+changes and every page of RAM that differs from what was sent (QEMU 7.2's
+dirty tracking misses writes under TCG); the destination resumes the VM
+as soon as the last pass and the device state verified.
 
    vm-handoff --run RUN --to "ssh next 'overlay-apply | vm-resume'"
    vm-handoff --run RUN | ssh next 'overlay-apply | vm-resume'
@@ -62,7 +65,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			cliutil.Path(&cli.StringFlag{Name: "base", Usage: "base folder (default: find the VM's base ID in the catalog)", Destination: &baseDir, EnvVars: []string{"CLOUDLET_BASE"}}),
 			cliutil.Path(&cli.StringFlag{Name: "catalog", Usage: "catalog file", Value: base.DefaultCatalogPath(), Destination: &catalog}),
 			&cli.DurationFlag{Name: "downtime", Usage: "the pause to aim at: the source stops when what is left fits it at the link's rate", Value: handoff.DefaultDowntime, Destination: &downtime},
-			&cli.Float64Flag{Name: "bandwidth", Usage: "the link's rate in Mbit/s (default: measured from how long writes block)", Destination: &bandwidth},
+			&cli.Float64Flag{Name: "bandwidth", Usage: "the link's rate in Mbit/s (default: measured from the bytes it takes per second)", Destination: &bandwidth},
 			&cli.IntFlag{Name: "max-passes", Usage: "switch over after this many passes even if they did not converge", Value: handoff.DefaultMaxPasses, Destination: &maxPasses},
 			&cli.StringFlag{Name: "codec", Usage: "zstd, xz or auto (chosen for the link's rate)", Value: "auto", Destination: &codecName},
 			&cli.StringFlag{Name: "to", Usage: "destination command (run with sh -c) that reads the stream: the source ends only if it exits 0", Destination: &to},

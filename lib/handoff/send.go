@@ -32,7 +32,7 @@ type Options struct {
 	// source stops when what is left, at the link's rate, fits in it.
 	Downtime time.Duration
 	// Bandwidth is the link's rate in Mbit/s; 0 measures it from the
-	// output (how long writes block).
+	// output (bytes written per second).
 	Bandwidth float64
 	// MaxPasses ends the pre-copy after this many passes even if it did
 	// not converge (default 30).
