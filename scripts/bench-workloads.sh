@@ -46,16 +46,5 @@ rec() { (
 	echo "$*"
 ) >>"$RAW"; }
 fsize() { stat -c %s "$1"; }
-# free_port: a TCP port nothing listens on now.
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-	echo "bench: no free port" >&2
-	return 1
-}
+# shellcheck source=free-port.sh
+. "$(dirname "${BASH_SOURCE[0]}")/free-port.sh"

@@ -192,7 +192,7 @@ make_base() {
 # customize BASE WORKLOAD FULL [STAGES]: resume the base, run the workload, capture a full stream.
 customize() {
 	local base=$1 wl=$2 full=$3 st=${4:-} j run port
-	port=$(free_port)
+	free_port port
 	j=$W/cust-$wl.json
 	cloudlet-base stream "$base" | vm-resume --base "$base" --kit "$KIT" --name "cust-$wl" --forward "tcp:$port:80" >"$j"
 	run=$(jget run_dir <"$j")
@@ -233,7 +233,7 @@ for wl in "${WORKLOADS[@]}"; do
 	timed "$W/t.pz" overlay-pack --codec zstd <"$D/dd" >"$D/cloudlet-zstd.ov"
 	timed "$W/t.px" overlay-pack --codec xz <"$D/dd" >"$D/cloudlet-xz.ov"
 	timed "$W/t.ap" overlay-apply --base "$B" <"$D/cloudlet-zstd.ov" >"$D/resolved"
-	p=$(free_port)
+	free_port p
 	timed "$W/t.vr" vm-resume --base "$B" --kit "$KIT" --name "stage-$wl" --forward "tcp:$p:80" <"$D/resolved" >"$D/stage.json"
 	wait_http "$p" "$wl"
 	vm-resume stop "$(jget run_dir <"$D/stage.json")" >/dev/null 2>&1 || true
@@ -276,7 +276,7 @@ for wl in "${WORKLOADS[@]}"; do
 	log "$wl: qemu-migrate (plain QEMU boot, workload, migrate to a file)"
 	Q=$W/qemu/src-$wl
 	mkdir -p "$Q"
-	qport=$(free_port)
+	free_port qport
 	qemu-img create -q -f qcow2 -F raw -b "$KIT/rootfs.img" "$Q/top.qcow2"
 	qemu_plain() { # DIR PORT [extra args]: the user's QEMU command line
 		local d=$1 port=$2
@@ -314,7 +314,7 @@ for wl in "${WORKLOADS[@]}"; do
 	for link in "${LINKS[@]}"; do
 		for run in $(seq "$RUNS"); do
 			for s in cloudlet-zstd cloudlet-xz; do
-				p=$(free_port)
+				free_port p
 				t=$(now)
 				feed "$D/$s.ov" "$link" | overlay-apply --base "$B" | vm-resume --base "$B" --kit "$KIT" --name "syn" --forward "tcp:$p:80" >"$D/syn.json"
 				wait_http "$p" "$wl"
@@ -328,7 +328,7 @@ for wl in "${WORKLOADS[@]}"; do
 			s=elijah2009-xdelta3-xz
 			S=$D/elsyn
 			rm -rf "$S" && mkdir -p "$S"
-			p=$(free_port)
+			free_port p
 			t=$(now)
 			feed "$D/$s.ov" "$link" | xz -dc -T0 | tar -C "$S" -xf -
 			t1=$(now)
@@ -355,7 +355,7 @@ for wl in "${WORKLOADS[@]}"; do
 			for s in qemu-migrate-xz qemu-migrate-zstd; do
 				S=$W/qemu/syn
 				rm -rf "$S" && mkdir -p "$S"
-				p=$(free_port)
+				free_port p
 				if [ "$s" = qemu-migrate-xz ]; then dec=(xz -dc -T0); else dec=(zstd -dc -q); fi
 				t=$(now)
 				feed "$D/$s.ov" "$link" | "${dec[@]}" | tar -C "$S" -xSf -
@@ -393,7 +393,7 @@ scale_one() { # LABEL MIB
 	mem-diff --base "$sb" <"$W/scale.full" | disk-diff --base "$sb" | overlay-pack --codec zstd >"$W/scale.ov"
 	rec note scaling "$label" "overlay MB (${mib} MiB base)" "$(awk -v b="$(fsize "$W/scale.ov")" 'BEGIN{printf "%.2f", b/1e6}')"
 	for run in $(seq "$RUNS"); do
-		p=$(free_port)
+		free_port p
 		j=$W/scale.json
 		t=$(now)
 		overlay-apply --base "$sb" <"$W/scale.ov" | vm-resume --base "$sb" --kit "$KIT" --name scale --forward "tcp:$p:80" >"$j"

@@ -69,18 +69,8 @@ trap cleanup EXIT
 trap 'echo "demo: interrupted" >&2; exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-	local p
-	for _ in $(seq 50); do
-		p=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-	echo "demo: no free port" >&2
-	return 1
-}
+# shellcheck source=free-port.sh
+. "$(dirname "${BASH_SOURCE[0]}")/free-port.sh"
 
 http_get() {
 	if command -v curl >/dev/null; then
@@ -91,7 +81,7 @@ http_get() {
 }
 
 T_ALL=$(now)
-PORT=$(free_port)
+free_port PORT
 
 # ---------------------------------------------------------------------------
 step "1. base VM from $KIT/rootfs.img"
@@ -140,7 +130,7 @@ if [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v ssh-keygen >
 	mkdir -p "$S" /run/sshd
 	ssh-keygen -q -t ed25519 -N '' -f "$S/host_key"
 	ssh-keygen -q -t ed25519 -N '' -f "$S/user_key"
-	SSH_PORT=$(free_port)
+	free_port SSH_PORT
 	cat >"$S/sshd_config" <<EOF
 HostKey $S/host_key
 ListenAddress 127.0.0.1

@@ -122,9 +122,8 @@ vm-resume stop "$run" >/dev/null 2>&1 || true
 # answer), ARRIVED (vm-resume exited) and PSSM (MiB, after both).
 synth() {
 	local wl=$1 ov=$2 mbit=$3 early=$4 port t j pids
-	local args=(--base "$B" --kit "$KIT" --name "s-$wl" --forward "tcp:$(free_port):80")
-	port=${args[7]#tcp:}
-	port=${port%%:*}
+	free_port port
+	local args=(--base "$B" --kit "$KIT" --name "s-$wl" --forward "tcp:$port:80")
 	[ "$early" = 1 ] && args+=(--early-start)
 	j=$W/synth.json
 	: >"$j"
@@ -156,7 +155,7 @@ for wl in "${WORKLOADS[@]}"; do
 	D=$W/$wl
 	mkdir -p "$D"
 	log "$wl: customize (resume the base, run the workload, capture, diff)"
-	port=$(free_port)
+	free_port port
 	j=$D/cust.json
 	cloudlet-base stream "$B" | vm-resume --base "$B" --kit "$KIT" --name "c-$wl" --forward "tcp:$port:80" >"$j"
 	run=$(jget run_dir <"$j")
@@ -168,7 +167,7 @@ for wl in "${WORKLOADS[@]}"; do
 	log "$wl: record the access order (full speed, then through 38 Mbit/s), pack xz in both orders"
 	record() { # OVERLAY RATE(mbit or "")
 		local p j2
-		p=$(free_port)
+		free_port p
 		j2=$D/rec.json
 		if [ -n "$2" ]; then "$W/ratelimit" -rate "$2mbit" <"$1"; else cat "$1"; fi |
 			overlay-apply --base "$B" 2>>"$D/rec.err" | vm-resume --early-start --base "$B" --kit "$KIT" --name "r-$wl" \

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,15 +141,69 @@ func Kit(t testing.TB) GuestKit {
 	return k
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on and that
+// stays this test's until it ends. A port the kernel hands out a moment
+// later (to a port-0 listener or an outgoing connection of another test
+// package running beside this one) cannot be it: the port is picked below
+// the kernel's ephemeral range. Pickers in other processes cannot take it
+// either: each port is held by a lock on PortLockDir/PORT, the convention
+// scripts/free-port.sh follows too.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, release, err := reservePort()
 	if err != nil {
 		t.Fatalf("guesttest: free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Cleanup(release)
+	return p
+}
+
+// PortLockDir holds one lock file per port reserved by FreePort or
+// scripts/free-port.sh.
+func PortLockDir() string { return filepath.Join(os.TempDir(), "cloudlet-ports") }
+
+// portRange is where FreePort picks: from 10000 up to the first port of the
+// kernel's ephemeral range (net.ipv4.ip_local_port_range).
+func portRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				hi = n
+			}
+		}
+	}
+	if hi-lo < 1000 { // an unusual range: take what is left below it
+		lo = 1024
+	}
+	return lo, hi
+}
+
+func reservePort() (int, func(), error) {
+	dir := PortLockDir()
+	if err := os.MkdirAll(dir, 0o1777); err != nil {
+		return 0, nil, err
+	}
+	lo, hi := portRange()
+	for range 1000 {
+		p := lo + rand.IntN(hi-lo)
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(p)), os.O_RDONLY|os.O_CREATE, 0o666)
+		if err != nil {
+			return 0, nil, err
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close() // another picker holds it
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			f.Close() // in use by someone who does not take locks
+			continue
+		}
+		l.Close()
+		return p, func() { f.Close() }, nil
+	}
+	return 0, nil, fmt.Errorf("no free port in %d-%d after 1000 tries", lo, hi-1)
 }
 
 // Options tunes Boot. The zero value boots a 256 MiB guest with a NIC and no

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"cloudlet/lib/guesttest"
 	"cloudlet/lib/vm"
 )
 
@@ -19,9 +20,7 @@ func TestPlaceForwards(t *testing.T) {
 	}
 	defer ln.Close()
 	taken := ln.Addr().(*net.TCPAddr).Port
-	probe, _ := net.Listen("tcp", "127.0.0.1:0")
-	open := probe.Addr().(*net.TCPAddr).Port
-	probe.Close()
+	open := guesttest.FreePort(t)
 	fwds := []vm.Forward{{HostPort: taken, GuestPort: 80}, {HostPort: open, GuestPort: 22}, {HostPort: 0, GuestPort: 6379}}
 
 	var log bytes.Buffer
