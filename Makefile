@@ -6,7 +6,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 CLOUDLET_GUEST_DIR ?= $(CURDIR)/.cache/guest
 export CLOUDLET_GUEST_DIR
-TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen vm-handoff
+TOOLS := vm-capture mem-diff disk-diff overlay-pack overlay-apply vm-resume stream-inspect cloudlet-base vm-console overlay-keygen vm-handoff cloudletd
 APT_PKGS := qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod openssh-server openssh-client socat xdelta3 zstd xz-utils \
 	syslinux syslinux-common syslinux-efi mtools dosfstools fdisk ovmf jq curl \
 	gcc libc6-dev liblzma-dev fuse3 nftables iproute2
@@ -74,6 +74,9 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/delta/
 	$(GO) test -run XXX -fuzz '^FuzzXZ$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/codec/
 	$(GO) test -run XXX -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./cmd/cloudlet-base/
+	$(GO) test -run XXX -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/service/
+	$(GO) test -run XXX -fuzz '^FuzzClientsFile$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/service/
+	$(GO) test -run XXX -fuzz '^FuzzPreAuth$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lib/service/
 
 clean:
 	rm -rf $(BIN)
