@@ -133,6 +133,10 @@ type Config struct {
 	// start), which must not outlive it.
 	DieWithParent bool
 
+	// NoSandbox leaves out QEMU's seccomp sandbox (Sandbox), which every
+	// QEMU we start has otherwise.
+	NoSandbox bool
+
 	// Devices is the VM's device layout, every PCI device at its address
 	// (see Device). Left nil, Normalize derives the fixed layout from the
 	// fields above, in this order, PCI slots from 2 on as QEMU assigns
@@ -493,9 +497,20 @@ func (c Config) Args() ([]string, error) {
 	if c.Incoming {
 		a = append(a, "-incoming", "defer")
 	}
+	if !c.NoSandbox {
+		a = append(a, "-sandbox", Sandbox)
+	}
 	a = append(a, c.ExtraArgs...)
 	return a, nil
 }
+
+// Sandbox is QEMU's seccomp filter as libvirt sets it (its seccomp_sandbox
+// default): the process may not raise or change its privileges, fork or
+// exec, change scheduling or use obsolete calls; one that tries is killed.
+// Our QEMUs need none of it: migration goes through sockets (never exec:),
+// and a QEMU that is subverted through the device state a stranger sent
+// cannot start a shell. A denylist, so a layer, not a jail.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 // netdevArgs returns the user-mode network's -netdev, with its forwards.
 func (c Config) netdevArgs() []string {

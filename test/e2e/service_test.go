@@ -97,6 +97,10 @@ func TestCloudletd(t *testing.T) {
 	if extra.Net != "isolated" || filepath.Dir(in.RunDir) != filepath.Join(runRoot, "alice") || len(in.Forwards) != 1 {
 		t.Errorf("instance: net %q, run folder %s, forwards %+v", extra.Net, in.RunDir, in.Forwards)
 	}
+	// QEMU runs under its seccomp sandbox (mode 2: a filter).
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", in.Pid)); err != nil || !strings.Contains(string(st), "Seccomp:\t2") {
+		t.Errorf("QEMU (pid %d) is not under a seccomp filter: %v", in.Pid, err)
+	}
 	if got, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", in.Forwards[0].HostPort), 30*time.Second); err != nil || !strings.Contains(got, page) {
 		t.Errorf("the app through its forward: %q, %v", got, err)
 	}
