@@ -253,9 +253,11 @@ func (s *Server) handle(ctx context.Context, nc net.Conn, host string) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	connDone := make(chan struct{})
 	go func() { // the connection gone (closed, idle): the command ends too
 		sc.Wait()
 		cancel()
+		close(connDone)
 	}()
 	sessions := 0
 	for nch := range chans {
@@ -269,6 +271,13 @@ func (s *Server) handle(ctx context.Context, nc net.Conn, host string) {
 			return
 		}
 		s.session(ctx, c, log, ic, ch, creqs)
+		// The client answers the channel's close and then disconnects;
+		// closing under it makes OpenSSH report a broken pipe (exit 255).
+		ic.setIdle(0)
+		select {
+		case <-connDone:
+		case <-time.After(5 * time.Second):
+		}
 		return
 	}
 }

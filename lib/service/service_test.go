@@ -255,6 +255,7 @@ func TestLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, func() bool { return ts.clientConns("bob") == 1 })
 	if c2, err := ts.dial(t, ts.keys["bob"]); err == nil {
 		if _, err := c2.NewSession(); err == nil {
 			t.Error("bob's second connection was served (conns=1)")
@@ -267,6 +268,7 @@ func TestLimits(t *testing.T) {
 		t.Errorf("first synthesis: %v", err)
 	}
 	c.Close()
+	waitFor(t, func() bool { return ts.srv.Stats().Conns == 0 }) // every release done
 
 	// bob's overlay over max-bytes: refused, and the runner's run cancelled.
 	ts.run.block = make(chan struct{})
@@ -379,6 +381,16 @@ func TestIdleConnections(t *testing.T) {
 	}
 	// After the handshake timeout, none is left.
 	waitFor(t, func() bool { return ts.srv.Stats().Conns == 0 })
+}
+
+// clientConns is how many connections of a client the server counts.
+func (ts *testServer) clientConns(name string) int {
+	ts.srv.mu.Lock()
+	defer ts.srv.mu.Unlock()
+	if st := ts.srv.per[name]; st != nil {
+		return st.conns
+	}
+	return 0
 }
 
 func waitFor(t *testing.T, cond func() bool) {

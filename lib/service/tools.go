@@ -110,11 +110,18 @@ func (t *Tools) Synthesize(ctx context.Context, c Client, cmd Command, overlay i
 	ea, er := apply.Wait(), resume.Wait()
 	stderr.Write(aerr.Bytes())
 	stderr.Write(rerr.Bytes())
-	for _, st := range []struct {
+	// The stage that failed first says why: vm-resume, unless it only
+	// reports that overlay-apply failed (exit 4); overlay-apply's broken
+	// pipe after vm-resume refused is not the reason.
+	stages := []struct {
 		name string
 		err  error
 		msg  *tailBuffer
-	}{{"overlay-apply", ea, &aerr}, {"vm-resume", er, &rerr}} {
+	}{{"vm-resume", er, &rerr}, {"overlay-apply", ea, &aerr}}
+	if ee, ok := er.(*exec.ExitError); ok && ee.ExitCode() == 4 {
+		stages[0], stages[1] = stages[1], stages[0]
+	}
+	for _, st := range stages {
 		if st.err != nil {
 			status := 1
 			if ee, ok := st.err.(*exec.ExitError); ok && ee.ExitCode() > 0 {
