@@ -49,10 +49,10 @@ on stderr; stdout gets one JSON line once it listens ({"listen", "host_key"}).`
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var o struct {
 		listen, hostKey, clients, bin, runRoot, catalog, net, fwdAddr, trusted string
-		requireSig                                                         bool
-		instances, uploads, conns, startups, startupsIP, maxConns          int
-		maxBytes                                                           string
-		idle, total, handshake                                             time.Duration
+		requireSig                                                             bool
+		instances, uploads, conns, startups, startupsIP, maxConns              int
+		maxBytes                                                               string
+		idle, total, handshake                                                 time.Duration
 	}
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "listen", Usage: "TCP address to serve on", Value: ":2022", Destination: &o.listen},
