@@ -79,4 +79,21 @@ func TestCreateBootFilesByPath(t *testing.T) {
 			}
 		})
 	}
+
+	// A VM booted from a kernel alone: --kernel alone makes its base, with
+	// no initrd in it; an --initrd it did not boot is refused.
+	boot = format.VMDesc{Kernel: kSum, Append: "console=ttyS0"}
+	out := filepath.Join(dir, "kernel-only")
+	os.MkdirAll(out+".src", 0o755)
+	if errOut, err := create(out, "--kernel", kernel); err != nil {
+		t.Fatalf("create --kernel alone: %v: %s", err, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(out, base.InitrdFile)); err == nil {
+		t.Errorf("a base booted without an initrd has %s", base.InitrdFile)
+	}
+	out = filepath.Join(dir, "kernel-only-extra")
+	os.MkdirAll(out+".src", 0o755)
+	if _, err := create(out, "--kernel", kernel, "--initrd", initrd); err == nil {
+		t.Errorf("create took an --initrd the VM did not boot")
+	}
 }
