@@ -34,7 +34,10 @@ type Config struct {
 
 	// Before authentication: each connection has HandshakeTimeout to
 	// finish its handshake; at most MaxStartups of them wait at once, and
-	// MaxStartupsPerIP from one address (more are closed at once).
+	// MaxStartupsPerIP from one address. A new connection over either cap
+	// closes the oldest one still waiting (from that address, for the
+	// per-address cap): idle sockets cannot keep a real client out, which
+	// finishes its handshake in milliseconds.
 	HandshakeTimeout time.Duration
 	MaxStartups      int
 	MaxStartupsPerIP int
@@ -49,6 +52,7 @@ type Server struct {
 	mu   sync.Mutex
 	pre  map[string]int // unauthenticated connections by address
 	npre int
+	wait []*startup // unauthenticated connections, oldest first (some may be done)
 	conn int
 	per  map[string]*clientState // by client name
 	wg   sync.WaitGroup
@@ -132,7 +136,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		host := hostOf(nc.RemoteAddr())
-		if why := s.admit(host); why != "" {
+		st, why := s.admit(nc, host)
+		if why != "" {
 			s.cfg.Log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "why", why)
 			nc.Close()
 			continue
@@ -140,9 +145,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handle(ctx, nc, host)
+			s.handle(ctx, nc, st)
 		}()
 	}
+}
+
+// startup is a connection that has not authenticated yet.
+type startup struct {
+	host string
+	conn net.Conn
+	done bool // authenticated, gone or evicted: no longer counted
 }
 
 func hostOf(a net.Addr) string {
@@ -152,30 +164,70 @@ func hostOf(a net.Addr) string {
 	return a.String()
 }
 
-// admit counts a new connection as open and unauthenticated, or says why not.
-func (s *Server) admit(host string) string {
+// admit counts a new connection as open and unauthenticated, closing the
+// oldest waiting one when a startup cap is reached, or says why not (all
+// connections at MaxConns).
+func (s *Server) admit(nc net.Conn, host string) (*startup, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.cfg.MaxConns > 0 && s.conn >= s.cfg.MaxConns:
-		return fmt.Sprintf("%d connections open (the most)", s.conn)
-	case s.cfg.MaxStartups > 0 && s.npre >= s.cfg.MaxStartups:
-		return fmt.Sprintf("%d connections not yet authenticated (the most)", s.npre)
-	case s.cfg.MaxStartupsPerIP > 0 && s.pre[host] >= s.cfg.MaxStartupsPerIP:
-		return fmt.Sprintf("%d connections from %s not yet authenticated (the most from one address)", s.pre[host], host)
+	if s.cfg.MaxConns > 0 && s.conn >= s.cfg.MaxConns {
+		return nil, fmt.Sprintf("%d connections open (the most)", s.conn)
 	}
+	if s.cfg.MaxStartupsPerIP > 0 && s.pre[host] >= s.cfg.MaxStartupsPerIP {
+		s.evict(host, fmt.Sprintf("%d connections from %s not yet authenticated (the most from one address)", s.pre[host], host))
+	}
+	if s.cfg.MaxStartups > 0 && s.npre >= s.cfg.MaxStartups {
+		s.evict("", fmt.Sprintf("%d connections not yet authenticated (the most)", s.npre))
+	}
+	st := &startup{host: host, conn: nc}
+	s.wait = append(s.wait, st)
 	s.conn++
 	s.npre++
 	s.pre[host]++
-	return ""
+	return st, ""
 }
 
-func (s *Server) endStartup(host string) {
+// evict closes the oldest waiting connection (from host, if given).
+// Called with s.mu held.
+func (s *Server) evict(host, why string) {
+	for _, st := range s.wait {
+		if !st.done && (host == "" || st.host == host) {
+			s.cfg.Log.Warn("connection closed before authenticating", "remote", st.conn.RemoteAddr().String(), "why", why+": the oldest waiting one makes room")
+			s.doneStartup(st)
+			st.conn.Close()
+			return
+		}
+	}
+}
+
+// endStartup takes a connection out of the waiting ones.
+func (s *Server) endStartup(st *startup) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.doneStartup(st)
+}
+
+func (s *Server) doneStartup(st *startup) {
+	if st.done {
+		return
+	}
+	st.done = true
 	s.npre--
-	if s.pre[host]--; s.pre[host] <= 0 {
-		delete(s.pre, host)
+	if s.pre[st.host]--; s.pre[st.host] <= 0 {
+		delete(s.pre, st.host)
+	}
+	for len(s.wait) > 0 && s.wait[0].done {
+		s.wait[0] = nil
+		s.wait = s.wait[1:]
+	}
+	if len(s.wait) > 2*s.npre+64 { // done ones in the middle: compact
+		live := make([]*startup, 0, s.npre)
+		for _, w := range s.wait {
+			if !w.done {
+				live = append(live, w)
+			}
+		}
+		s.wait = live
 	}
 }
 
@@ -213,15 +265,10 @@ func (s *Server) take(name string, upload bool, lim Limits) func() {
 	}
 }
 
-func (s *Server) handle(ctx context.Context, nc net.Conn, host string) {
+func (s *Server) handle(ctx context.Context, nc net.Conn, st *startup) {
 	defer s.endConn()
 	defer nc.Close()
-	startup := true
-	defer func() {
-		if startup {
-			s.endStartup(host)
-		}
-	}()
+	defer s.endStartup(st) // a no-op once authenticated
 	ic := &idleConn{Conn: nc}
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(ic, s.ssh)
@@ -230,8 +277,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn, host string) {
 		return
 	}
 	defer sc.Close()
-	startup = false
-	s.endStartup(host)
+	s.endStartup(st)
 	go ssh.DiscardRequests(reqs)
 
 	cs, err := s.cfg.Clients()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,11 @@ import (
 // lists nor stops it; an unknown key gets nowhere; stop ends it (QEMU gone,
 // run folder removed); the log names the client.
 func TestCloudletd(t *testing.T) {
+	if os.Getenv("CI") != "true" {
+		if _, err := exec.LookPath("ssh"); err != nil {
+			t.Skip("ssh missing (apt-get install openssh-client)")
+		}
+	}
 	e := newEnv(t)
 	baseID := e.cloudlet("base", e.kit.Rootfs, "--name", "sdbase", "--out", e.path("sdbase"), "--cmd", "sync")
 	ovl := e.path("sd.overlay")
@@ -120,6 +126,38 @@ func TestCloudletd(t *testing.T) {
 	if _, errs, code := ssh("mallory", nil, "list"); code != 255 || !strings.Contains(errs, "Permission denied") {
 		t.Errorf("an unknown key: exit %d, %q", code, errs)
 	}
+	if _, errs, code := ssh("mallory", overlay, "synthesis"); code != 255 || !strings.Contains(errs, "Permission denied") {
+		t.Errorf("an unknown key's synthesis: exit %d, %q", code, errs)
+	}
+	if ents, _ := os.ReadDir(runRoot); len(ents) != 1 { // alice's only: nothing started for mallory
+		t.Errorf("run root holds %d folders after an unknown key's synthesis, want alice's only", len(ents))
+	}
+
+	// 1000 connections that never authenticate (from 20 loopback
+	// addresses, under the per-address cap): cloudletd still serves alice,
+	// starts nothing for them, and stays small.
+	var idle []net.Conn
+	for i := range 1000 {
+		dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/50))}}
+		c, err := dl.Dial("tcp", ready.Listen)
+		if err != nil {
+			t.Fatalf("idle connection %d: %v", i, err)
+		}
+		idle = append(idle, c)
+	}
+	t1 := time.Now()
+	if out, _, code := ssh("alice", nil, "list"); code != 0 || !strings.Contains(out, in.RunDir) {
+		t.Errorf("alice's list among 1000 idle connections: exit %d, %q", code, out)
+	}
+	rss := rssKiB(t, d.Process.Pid)
+	kids, _ := exec.Command("pgrep", "-P", fmt.Sprint(d.Process.Pid)).Output()
+	t.Logf("1000 idle connections: alice's list took %.2fs; cloudletd resident %d KiB, children %q", time.Since(t1).Seconds(), rss, strings.Fields(string(kids)))
+	if rss > 256<<10 || len(strings.Fields(string(kids))) != 0 {
+		t.Errorf("with 1000 idle connections cloudletd holds %d KiB and children %q", rss, kids)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
 	if _, errs, code := ssh("alice", nil, "synthesis", "--net", "host"); code != 2 || !strings.Contains(errs, "unknown option") {
 		t.Errorf("a client choosing its network policy: exit %d, %q", code, errs)
 	}
@@ -143,4 +181,20 @@ func TestCloudletd(t *testing.T) {
 	if !strings.Contains(logb.String(), `"client":"alice"`) || !strings.Contains(logb.String(), `"msg":"refused key"`) {
 		t.Errorf("cloudletd's log names neither the client nor the refused key:\n%s", logb.String())
 	}
+}
+
+// rssKiB is a process's resident memory (VmRSS) in KiB.
+func rssKiB(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			var n int
+			fmt.Sscan(f[1], &n)
+			return n
+		}
+	}
+	return 0
 }
