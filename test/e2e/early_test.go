@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -76,13 +80,53 @@ func TestEarlyStartFrontEnd(t *testing.T) {
 		t.Errorf("over a 10 Mbit/s link, an access-ordered overlay was not started early (no server_pid)")
 	}
 	e.stop(in)
+
+	// Through a real 10 Mbit/s link (ssh's ProxyCommand through
+	// ratelimit), the front end prints the instance's JSON as soon as the
+	// guest runs, long before the overlay has arrived, and the app answers
+	// then; the command ends when all has arrived.
+	ratelimit(t)
+	cfg := e.path("ssh", "slow_config")
+	os.WriteFile(cfg, []byte("Host *\n  ProxyCommand sh -c \"ratelimit -rate 10mbit | socat - TCP:%h:%p\"\n"), 0o600)
+	p := guesttest.FreePort(t)
+	cmd := exec.Command("bash", filepath.Join(repoRoot, "scripts", "cloudlet"), "synthesis", ovl, "--remote", "root@127.0.0.1",
+		"--ssh-opts", sshOpts+" -F "+cfg, "--remote-bin", binDir, "--remote-catalog", e.path("catalog.json"),
+		"--forward", fmt.Sprintf("tcp:%d:80", p), "--run-dir", e.path("run", "slow"))
+	cmd.Env = e.environ()
+	stdout, _ := cmd.StdoutPipe()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	tJSON := time.Since(t0)
+	if err != nil {
+		cmd.Wait()
+		t.Fatalf("cloudlet synthesis over 10 Mbit/s: no JSON: %v\n%s", err, errb.String())
+	}
+	in = parseInstance(t, line)
+	e.checkApp(in, p, baseID)
+	tApp := time.Since(t0)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("cloudlet synthesis over 10 Mbit/s: %v\n%s", err, errb.String())
+	}
+	tEnd := time.Since(t0)
+	transfer := float64(offset) * 8 / 10e6
+	t.Logf("over 10 Mbit/s (%.1f s of transfer): JSON at %.2fs, app checked at %.2fs, command ended at %.2fs", transfer, tJSON.Seconds(), tApp.Seconds(), tEnd.Seconds())
+	if tJSON.Seconds() > transfer/2 || tEnd-tJSON < time.Duration(transfer/3*float64(time.Second)) {
+		t.Errorf("early start through the front end: the JSON came at %.2fs and the command ended at %.2fs of a %.1f s transfer; want the JSON well before the end", tJSON.Seconds(), tEnd.Seconds(), transfer)
+	}
+	e.stop(in)
+
 	in, srv = remote("--no-early-start")
 	if srv != 0 {
 		t.Errorf("--no-early-start: started early (server_pid %d)", srv)
 	}
 	e.stop(in)
 
-	p := guesttest.FreePort(t)
+	p = guesttest.FreePort(t)
 	js := e.cloudlet("synthesis", ovl, "--early-start", "--forward", fmt.Sprintf("tcp:%d:80", p))
 	in = parseInstance(t, js)
 	if server(js) == 0 {
