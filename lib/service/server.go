@@ -102,12 +102,11 @@ func (s *Server) auth(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permission
 		s.cfg.Log.Error("clients file", "err", err)
 		return nil, errors.New("no clients")
 	}
-	c, ok := cs[string(key.Marshal())]
-	if !ok {
+	if _, ok := cs[string(key.Marshal())]; !ok {
 		s.cfg.Log.Info("refused key", "remote", meta.RemoteAddr().String(), "user", meta.User(), "key", ssh.FingerprintSHA256(key))
 		return nil, errors.New("unknown key")
 	}
-	return &ssh.Permissions{Extensions: map[string]string{"key": string(key.Marshal()), "client": c.Name}}, nil
+	return &ssh.Permissions{Extensions: map[string]string{"key": string(key.Marshal())}}, nil
 }
 
 // Serve accepts connections on ln until ctx ends, then waits for the
@@ -299,6 +298,8 @@ func (s *Server) handle(ctx context.Context, nc net.Conn, st *startup) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stopConn := context.AfterFunc(ctx, func() { sc.Close() }) // the service stops: so does this connection
+	defer stopConn()
 	connDone := make(chan struct{})
 	go func() { // the connection gone (closed, idle): the command ends too
 		sc.Wait()

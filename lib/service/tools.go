@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -107,7 +108,7 @@ func (t *Tools) Synthesize(ctx context.Context, c Client, cmd Command, overlay i
 	if err != nil {
 		return err
 	}
-	ea, er := apply.Wait(), resume.Wait()
+	ea, er := waitStage(apply), waitStage(resume)
 	stderr.Write(aerr.Bytes())
 	stderr.Write(rerr.Bytes())
 	// The stage that failed first says why: vm-resume, unless it only
@@ -135,6 +136,17 @@ func (t *Tools) Synthesize(ctx context.Context, c Client, cmd Command, overlay i
 		}
 	}
 	return nil
+}
+
+// waitStage waits for a stage. One that exited 0 while something it started
+// (an early-start server) still held its output succeeded: cmd.WaitDelay
+// let go of the output, not of a failure.
+func waitStage(cmd *exec.Cmd) error {
+	err := cmd.Wait()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		return nil
+	}
+	return err
 }
 
 // instances are the client's run folders with a running instance.

@@ -123,6 +123,29 @@ func TestCloudletd(t *testing.T) {
 	if _, _, code := ssh("bob", nil, "stop", "web"); code == 0 {
 		t.Error("bob stopped alice's instance")
 	}
+	// bob's synthesis with early start: its server serves the VM after
+	// the command has ended, and stop ends both.
+	out, errs, code = ssh("bob", overlay, "synthesis", "--name", "early", "--forward", "tcp:0:80", "--early-start")
+	var eb struct {
+		Server int `json:"server_pid"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &eb) != nil || eb.Server == 0 {
+		t.Fatalf("bob's early-start synthesis: exit %d, %q %q", code, out, errs)
+	}
+	ein := parseInstance(t, out)
+	if got, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", ein.Forwards[0].HostPort), 30*time.Second); err != nil || !strings.Contains(got, page) {
+		t.Errorf("bob's early-started app: %q, %v", got, err)
+	}
+	if out, errs, code := ssh("bob", nil, "stop", "early"); code != 0 || !strings.Contains(out, "stopped") {
+		t.Errorf("bob's stop: exit %d, %q %q", code, out, errs)
+	}
+	for i := 0; alive(ein.Pid) || alive(eb.Server); i++ {
+		if i == 50 {
+			t.Errorf("QEMU %d or its server %d still running after stop", ein.Pid, eb.Server)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if _, errs, code := ssh("mallory", nil, "list"); code != 255 || !strings.Contains(errs, "Permission denied") {
 		t.Errorf("an unknown key: exit %d, %q", code, errs)
 	}
