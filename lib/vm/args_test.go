@@ -60,6 +60,7 @@ func TestArgsCapturableLayout(t *testing.T) {
 		"-device virtio-blk-pci,id=vblk0,drive=disk0",
 		"-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80",
 		"-device virtio-net-pci,id=vnet0,netdev=net0,mac=52:54:00:c1:0d:01,romfile=",
+		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 	} {
 		if !strings.Contains(j, want) {
 			t.Errorf("args lack %q:\n%s", want, j)

@@ -133,10 +133,6 @@ type Config struct {
 	// start), which must not outlive it.
 	DieWithParent bool
 
-	// NoSandbox leaves out QEMU's seccomp sandbox (Sandbox), which every
-	// QEMU we start has otherwise.
-	NoSandbox bool
-
 	// Devices is the VM's device layout, every PCI device at its address
 	// (see Device). Left nil, Normalize derives the fixed layout from the
 	// fields above, in this order, PCI slots from 2 on as QEMU assigns
@@ -497,9 +493,7 @@ func (c Config) Args() ([]string, error) {
 	if c.Incoming {
 		a = append(a, "-incoming", "defer")
 	}
-	if !c.NoSandbox {
-		a = append(a, "-sandbox", Sandbox)
-	}
+	a = append(a, "-sandbox", Sandbox)
 	a = append(a, c.ExtraArgs...)
 	return a, nil
 }
