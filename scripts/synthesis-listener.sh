@@ -42,8 +42,9 @@
 # scripts/systemd/cloudlet-synthesis.socket and cloudlet-synthesis@.service,
 # which run `synthesis-listener.sh --handle` once per connection.
 #
-# There is no authentication: bind to a trusted network (default 127.0.0.1),
-# or use `cloudlet synthesis --remote` (ssh) instead.
+# There is no authentication: bind to a trusted network (default 127.0.0.1).
+# For strangers, run cloudletd (the same protocol over SSH, with a clients
+# file and per-client limits), or use `cloudlet synthesis --remote` (ssh).
 set -euo pipefail
 
 PROG=synthesis-listener
