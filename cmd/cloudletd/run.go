@@ -93,6 +93,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				MaxBytes: int64(maxBytes), Idle: o.idle, Total: o.total}
 			clients := func() (service.Clients, error) { return service.LoadClients(o.clients, lim, cliutil.ParseSize) }
 			if _, err := clients(); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("%v: make it with one line per client, its public key and its name (ssh-ed25519 AAAA... alice), e.g. from the client's ~/.ssh/id_ed25519.pub", err)
+				}
 				return err
 			}
 			key, err := hostKey(o.hostKey)
