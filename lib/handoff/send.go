@@ -122,14 +122,7 @@ func Send(ctx context.Context, opt Options, out io.Writer) (st *Stats, err error
 	pr, pw := io.Pipe()
 	dw := format.NewWriter(pw)
 	packed := make(chan error, 1)
-	var packErr error
-	packDone := false
-	waitPack := func() error { // once
-		if !packDone {
-			packErr, packDone = <-packed, true
-		}
-		return packErr
-	}
+	waitPack := sync.OnceValue(func() error { return <-packed })
 	go func() {
 		err := overlay.Pack(ctx, format.NewReader(pr), ow, overlay.PackOptions{Codec: opt.Codec, NoManifest: true,
 			SegmentSize: segmentSize, Bandwidth: l.rate() * 8 / 1e6, Producer: "vm-handoff", Workers: 1, Log: opt.Log, Live: true})
